@@ -1,0 +1,511 @@
+//! [`FederationClient`]: one node's identity in one federation, and the five Coordinator
+//! calls made as that node.
+//!
+//! The client owns the bearer token and attaches it, with the federation and client ids the
+//! server checks against it, to every call through one helper (`authed`).
+//! Tensors are verified on the way in (announced size bounded, chunks in order, SHA-256,
+//! length against the model, finite values) and streamed on the way out from one owned
+//! buffer that each chunk only slices.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fedval_core::model::ModelSpec;
+use fedval_core::tensor::{
+    DEFAULT_CHUNK_BYTES, Reassembler, check_finite, chunk_ranges, from_le_bytes, sha256_hex,
+    to_le_bytes,
+};
+use fedval_proto::v1;
+use fedval_proto::v1::coordinator_client::CoordinatorClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::Channel;
+
+use crate::error::ClientError;
+use crate::task::{Task, model_spec_from_proto};
+
+/// Largest gRPC message the client encodes or decodes: 8 MiB, room for a 1-4 MiB chunk.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// Largest model the client agrees to download: 1 GiB (256 Mi parameters).
+pub const MAX_MODEL_BYTES: usize = 1 << 30;
+
+/// The server's answer to an accepted upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadAck {
+    /// The round the update was recorded for.
+    pub round: u64,
+    /// True once the update is durable on the server.
+    pub accepted: bool,
+}
+
+/// The server's answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The federation's current round.
+    pub current_round: u64,
+    /// The server's clock, milliseconds since the Unix epoch.
+    pub server_time: Duration,
+}
+
+/// A node enrolled in a federation: the gRPC client plus the identity every call carries.
+#[derive(Clone, Debug)]
+pub struct FederationClient {
+    inner: CoordinatorClient<Channel>,
+    federation_id: String,
+    client_id: String,
+    token: String,
+    auth: AsciiMetadataValue,
+    model: ModelSpec,
+}
+
+impl FederationClient {
+    /// Joins `federation_id` with its enrollment secret under the display name `name`,
+    /// announcing `num_samples` local samples; the server answers with this node's id, its
+    /// bearer token (shown once: keep it to [`resume`](Self::resume) later) and the model.
+    pub async fn enroll(
+        channel: Channel,
+        federation_id: &str,
+        secret: &str,
+        name: &str,
+        num_samples: u64,
+    ) -> Result<Self, ClientError> {
+        let mut inner = coordinator(channel);
+        let resp = inner
+            .enroll(v1::EnrollRequest {
+                federation_id: federation_id.to_owned(),
+                enrollment_secret: secret.to_owned(),
+                client_name: name.to_owned(),
+                num_samples,
+            })
+            .await?
+            .into_inner();
+        let model = resp
+            .model
+            .as_ref()
+            .ok_or_else(|| ClientError::Protocol("enroll response carries no model spec".into()))
+            .and_then(model_spec_from_proto)?;
+        let auth = bearer(&resp.token).map_err(|e| {
+            ClientError::Protocol(format!(
+                "server issued a token that is not a valid header: {e}"
+            ))
+        })?;
+        Ok(Self {
+            inner,
+            federation_id: federation_id.to_owned(),
+            client_id: resp.client_id,
+            token: resp.token,
+            auth,
+            model,
+        })
+    }
+
+    /// Re-uses an identity obtained by an earlier [`enroll`](Self::enroll) (e.g. after a
+    /// restart). Nothing is sent: a wrong token shows up as
+    /// [`ClientError::Unauthenticated`] on the first call.
+    pub fn resume(
+        channel: Channel,
+        federation_id: &str,
+        client_id: &str,
+        token: &str,
+        model: ModelSpec,
+    ) -> Result<Self, ClientError> {
+        let auth = bearer(token).map_err(|e| {
+            ClientError::InvalidInput(format!("token cannot be sent as a header: {e}"))
+        })?;
+        Ok(Self {
+            inner: coordinator(channel),
+            federation_id: federation_id.to_owned(),
+            client_id: client_id.to_owned(),
+            token: token.to_owned(),
+            auth,
+            model,
+        })
+    }
+
+    /// This node's id in the federation.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The federation this node belongs to.
+    pub fn federation_id(&self) -> &str {
+        &self.federation_id
+    }
+
+    /// The bearer token (a secret: store it like a password).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The federation's model architecture.
+    pub fn model(&self) -> &ModelSpec {
+        &self.model
+    }
+
+    /// Asks what to do next: train a round, wait, or stop.
+    pub async fn pull_task(&mut self) -> Result<Task, ClientError> {
+        let req = self.authed(v1::PullTaskRequest {
+            federation_id: self.federation_id.clone(),
+            client_id: self.client_id.clone(),
+        });
+        let task = self.inner.pull_task(req).await?.into_inner();
+        Task::from_proto(task, &self.model)
+    }
+
+    /// Downloads global model `version` and returns its parameters, after checking the
+    /// chunks against the announced size, the SHA-256 of the first chunk, the model's
+    /// parameter count and finiteness.
+    pub async fn download_model(&mut self, version: u64) -> Result<Vec<f32>, ClientError> {
+        let req = self.authed(v1::DownloadModelRequest {
+            federation_id: self.federation_id.clone(),
+            client_id: self.client_id.clone(),
+            model_version: version,
+        });
+        let mut stream = self.inner.download_model(req).await?.into_inner();
+        let bad = |what: String| ClientError::Protocol(format!("model version {version}: {what}"));
+
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| bad("stream ended before the first chunk".into()))?;
+        let total_bytes = first.total_bytes;
+        let expected_sha = first.sha256.clone();
+        if expected_sha.is_empty() {
+            return Err(bad("first chunk carries no sha256".into()));
+        }
+        let expected = usize::try_from(total_bytes).map_err(|_| {
+            bad(format!(
+                "announced size {total_bytes} bytes does not fit memory"
+            ))
+        })?;
+        let mut buf =
+            Reassembler::new(expected, MAX_MODEL_BYTES).map_err(|e| bad(e.to_string()))?;
+
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            if msg.model_version != version {
+                return Err(bad(format!(
+                    "chunk belongs to model version {}",
+                    msg.model_version
+                )));
+            }
+            if msg.total_bytes != total_bytes {
+                return Err(bad(format!(
+                    "chunk announces {} total bytes, the first announced {total_bytes}",
+                    msg.total_bytes
+                )));
+            }
+            let chunk = msg
+                .chunk
+                .ok_or_else(|| bad("message carries no chunk".into()))?;
+            buf.push(chunk.offset, &chunk.data)
+                .map_err(|e| bad(e.to_string()))?;
+            next = stream.message().await?;
+        }
+        let bytes = buf.finish().map_err(|e| bad(e.to_string()))?;
+
+        let actual_sha = sha256_hex(&bytes);
+        if !actual_sha.eq_ignore_ascii_case(&expected_sha) {
+            return Err(bad(format!(
+                "checksum mismatch: announced sha256 {expected_sha}, received bytes hash to {actual_sha}"
+            )));
+        }
+        let params = from_le_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
+        let want = self.model.num_params();
+        if params.len() != want {
+            return Err(bad(format!(
+                "has {} parameters but the federation's model needs {want}",
+                params.len()
+            )));
+        }
+        check_finite(&params).map_err(|e| bad(e.to_string()))?;
+        Ok(params)
+    }
+
+    /// Uploads the update (`local - global`) trained for `round` from global `model_version`
+    /// on `num_samples` samples, with local metrics, as one header and 1 MiB chunks.
+    ///
+    /// The update is encoded once into one buffer; chunks are produced lazily as slices of
+    /// it, so even a 50 MB update is never copied per chunk. Updates of the wrong length or
+    /// with NaN/inf values are refused locally with [`ClientError::InvalidInput`].
+    pub async fn upload_update(
+        &mut self,
+        round: u64,
+        model_version: u64,
+        delta: &[f32],
+        num_samples: u64,
+        metrics: &[(String, f64)],
+    ) -> Result<UploadAck, ClientError> {
+        let want = self.model.num_params();
+        if delta.len() != want {
+            return Err(ClientError::InvalidInput(format!(
+                "update for round {round} has {} values but the model has {want} parameters",
+                delta.len()
+            )));
+        }
+        check_finite(delta).map_err(|e| {
+            ClientError::InvalidInput(format!("update for round {round} is not uploadable: {e}"))
+        })?;
+        let bytes = Bytes::from(to_le_bytes(delta));
+        let header = v1::UpdateHeader {
+            federation_id: self.federation_id.clone(),
+            client_id: self.client_id.clone(),
+            round,
+            model_version,
+            num_samples,
+            metrics: metrics
+                .iter()
+                .map(|(name, value)| v1::Metric {
+                    name: name.clone(),
+                    value: *value,
+                })
+                .collect(),
+            total_bytes: bytes.len() as u64,
+            sha256: sha256_hex(&bytes),
+        };
+        let req = self.authed(upload_stream(header, bytes));
+        let ack = self.inner.upload_update(req).await?.into_inner();
+        if ack.round != round {
+            return Err(ClientError::Protocol(format!(
+                "upload for round {round} was acknowledged for round {}",
+                ack.round
+            )));
+        }
+        Ok(UploadAck {
+            round: ack.round,
+            accepted: ack.accepted,
+        })
+    }
+
+    /// Tells the server this node is alive; returns the federation's current round.
+    pub async fn heartbeat(&mut self) -> Result<Heartbeat, ClientError> {
+        let req = self.authed(v1::HeartbeatRequest {
+            federation_id: self.federation_id.clone(),
+            client_id: self.client_id.clone(),
+        });
+        let resp = self.inner.heartbeat(req).await?.into_inner();
+        Ok(Heartbeat {
+            current_round: resp.current_round,
+            server_time: Duration::from_millis(resp.server_time_ms),
+        })
+    }
+
+    /// Wraps `msg` in a request carrying `authorization: Bearer <token>`.
+    fn authed<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
+        req
+    }
+}
+
+/// The Coordinator client with message limits raised for tensor chunks.
+fn coordinator(channel: Channel) -> CoordinatorClient<Channel> {
+    CoordinatorClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The `authorization` header value for `token`.
+fn bearer(
+    token: &str,
+) -> Result<AsciiMetadataValue, tonic::metadata::errors::InvalidMetadataValue> {
+    MetadataValue::try_from(format!("Bearer {token}"))
+}
+
+/// The upload stream: `header` first, then `DEFAULT_CHUNK_BYTES` slices of `bytes`, each
+/// made only when the transport asks for it.
+fn upload_stream(
+    header: v1::UpdateHeader,
+    bytes: Bytes,
+) -> impl futures::Stream<Item = v1::UploadMessage> + Send + 'static {
+    use v1::upload_message::Kind;
+    let chunks =
+        chunk_ranges(bytes.len(), DEFAULT_CHUNK_BYTES).map(move |range| v1::UploadMessage {
+            kind: Some(Kind::Chunk(v1::TensorChunk {
+                offset: range.start as u64,
+                data: bytes.slice(range),
+            })),
+        });
+    let first = v1::UploadMessage {
+        kind: Some(Kind::Header(header)),
+    };
+    futures::stream::iter(std::iter::once(first).chain(chunks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake;
+    use futures::StreamExt;
+    use v1::upload_message::Kind;
+
+    #[tokio::test]
+    async fn upload_stream_is_header_then_contiguous_slices() {
+        let values: Vec<f32> = (0..(DEFAULT_CHUNK_BYTES / 4 * 2 + 3))
+            .map(|i| i as f32)
+            .collect();
+        let bytes = Bytes::from(to_le_bytes(&values));
+        let header = v1::UpdateHeader {
+            round: 4,
+            total_bytes: bytes.len() as u64,
+            ..Default::default()
+        };
+        let msgs: Vec<_> = upload_stream(header.clone(), bytes.clone()).collect().await;
+        assert_eq!(msgs.len(), 4, "header + 2 full chunks + 1 partial");
+        assert_eq!(msgs[0].kind, Some(Kind::Header(header)));
+        let mut offset = 0u64;
+        for msg in &msgs[1..] {
+            let Some(Kind::Chunk(chunk)) = &msg.kind else {
+                panic!("expected a chunk, got {msg:?}");
+            };
+            assert_eq!(chunk.offset, offset);
+            assert!(chunk.data.len() <= DEFAULT_CHUNK_BYTES);
+            let start = offset as usize;
+            assert_eq!(chunk.data, bytes.slice(start..start + chunk.data.len()));
+            // A slice shares the buffer instead of copying it.
+            assert_eq!(chunk.data.as_ptr(), bytes[start..].as_ptr());
+            offset += chunk.data.len() as u64;
+        }
+        assert_eq!(offset, bytes.len() as u64);
+    }
+
+    fn spec() -> ModelSpec {
+        ModelSpec::LogisticRegression {
+            num_features: 2,
+            num_classes: 3,
+        }
+    }
+
+    /// A fake serving a model of `spec()`'s size (9 parameters, 36 bytes, 5 chunks).
+    async fn fake() -> fake::Running {
+        let model = (0..spec().num_params())
+            .map(|i| i as f32 * 0.5 - 1.0)
+            .collect();
+        fake::start(
+            spec(),
+            fake::Script {
+                model,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    async fn enrolled(f: &fake::Running) -> FederationClient {
+        let channel = crate::connect(&f.url).await.unwrap();
+        FederationClient::enroll(channel, "demo", "secret", "node-a", 10)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn enroll_then_download_reassembles_the_model() {
+        let f = fake().await;
+        let mut c = enrolled(&f).await;
+        assert_eq!((c.client_id(), c.token()), (fake::CLIENT_ID, fake::TOKEN));
+        assert_eq!(c.model(), &spec());
+        let expected = f.script().model.clone();
+        assert_eq!(c.download_model(3).await.unwrap(), expected);
+        assert_eq!(c.heartbeat().await.unwrap().current_round, 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_and_wrong_token_are_unauthenticated() {
+        let f = fake().await;
+        let channel = crate::connect(&f.url).await.unwrap();
+        let err = FederationClient::enroll(channel.clone(), "demo", "nope", "a", 1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Unauthenticated(ref m) if m == "wrong enrollment secret")
+        );
+        let mut c =
+            FederationClient::resume(channel, "demo", fake::CLIENT_ID, "stale", spec()).unwrap();
+        let err = c.pull_task().await.unwrap_err();
+        assert!(matches!(err, ClientError::Unauthenticated(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn download_refuses_checksum_mismatch_and_wrong_length() {
+        let f = fake().await;
+        let mut c = enrolled(&f).await;
+        f.script().bad_sha = Some("00".repeat(32));
+        let err = c.download_model(1).await.unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+
+        {
+            let mut s = f.script();
+            s.bad_sha = None;
+            s.model.push(1.0);
+        }
+        let err = c.download_model(1).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "protocol error: model version 1: has 10 parameters but the federation's model needs 9"
+        );
+    }
+
+    #[tokio::test]
+    async fn upload_sends_header_and_exact_bytes() {
+        let f = fake().await;
+        let mut c = enrolled(&f).await;
+        let delta: Vec<f32> = (0..9).map(|i| i as f32 * -0.25).collect();
+        let metrics = vec![("train_loss".to_owned(), 0.5)];
+        let ack = c.upload_update(4, 3, &delta, 10, &metrics).await.unwrap();
+        assert_eq!(
+            ack,
+            UploadAck {
+                round: 4,
+                accepted: true
+            }
+        );
+        let s = f.script();
+        let (header, bytes) = &s.uploads[0];
+        assert_eq!(bytes, &to_le_bytes(&delta));
+        assert_eq!(
+            (
+                header.round,
+                header.model_version,
+                header.num_samples,
+                header.total_bytes
+            ),
+            (4, 3, 10, 36)
+        );
+        assert_eq!(header.sha256, sha256_hex(bytes));
+        assert_eq!(
+            (header.federation_id.as_str(), header.client_id.as_str()),
+            ("demo", fake::CLIENT_ID)
+        );
+        assert_eq!(
+            header.metrics,
+            vec![v1::Metric {
+                name: "train_loss".into(),
+                value: 0.5
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn upload_refuses_bad_updates_locally() {
+        let f = fake().await;
+        let mut c = enrolled(&f).await;
+        let err = c.upload_update(1, 0, &[0.0; 8], 1, &[]).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid input: update for round 1 has 8 values but the model has 9 parameters"
+        );
+        let mut nan = vec![0.0; 9];
+        nan[2] = f32::NAN;
+        let err = c.upload_update(1, 0, &nan, 1, &[]).await.unwrap_err();
+        assert!(err.to_string().contains("index 2 is NaN"), "{err}");
+        assert!(f.script().uploads.is_empty());
+    }
+
+    #[test]
+    fn bearer_rejects_tokens_that_cannot_be_headers() {
+        assert_eq!(bearer("abc").unwrap(), "Bearer abc");
+        assert!(bearer("line\nbreak").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! A scripted in-process Coordinator for the SDK's own tests (compiled only under test).
+//!
+//! It serves the real generated gRPC service on `127.0.0.1:0`, checks the bearer token on
+//! every call, answers `PullTask` and `UploadUpdate` from scripted queues, serves one model
+//! in small chunks (so reassembly across chunks is exercised) and records what it received.
+//! The end-to-end tests against the real server live in the `tests/` crate.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fedval_core::model::ModelSpec;
+use fedval_core::tensor::{Reassembler, chunk_ranges, sha256_hex, to_le_bytes};
+use fedval_proto::v1;
+use fedval_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::task::model_spec_to_proto;
+
+/// Token the fake issues at enrollment.
+pub const TOKEN: &str = "tok-123";
+/// Client id the fake issues at enrollment.
+pub const CLIENT_ID: &str = "client-1";
+
+/// What the fake answers and what it saw.
+#[derive(Default)]
+pub struct Script {
+    /// Answers to successive PullTask calls; an empty queue answers "done".
+    pub tasks: VecDeque<Result<v1::Task, Status>>,
+    /// Answers to successive uploads: `None` (or an empty queue) accepts, `Some` refuses.
+    pub upload_replies: VecDeque<Option<Status>>,
+    /// The served model (any version).
+    pub model: Vec<f32>,
+    /// Overrides the announced sha256 of the model.
+    pub bad_sha: Option<String>,
+    /// Headers and bytes of uploads received.
+    pub uploads: Vec<(v1::UpdateHeader, Vec<u8>)>,
+    /// Number of DownloadModel calls.
+    pub downloads: usize,
+}
+
+/// The fake service; clones share one script.
+#[derive(Clone)]
+pub struct FakeCoordinator {
+    spec: ModelSpec,
+    script: Arc<Mutex<Script>>,
+}
+
+/// A running fake: its URL, its shared script and the handle that stops it when dropped.
+pub struct Running {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Shared with the service.
+    pub script: Arc<Mutex<Script>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Locks the script.
+    pub fn script(&self) -> MutexGuard<'_, Script> {
+        self.script.lock().unwrap()
+    }
+}
+
+/// Starts a fake for `spec` with `script` on a loopback port (bound before serving).
+pub async fn start(spec: ModelSpec, script: Script) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let script = Arc::new(Mutex::new(script));
+    let svc = FakeCoordinator {
+        spec,
+        script: Arc::clone(&script),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CoordinatorServer::new(svc))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            }),
+    );
+    Running {
+        url,
+        script,
+        _stop: stop,
+    }
+}
+
+impl FakeCoordinator {
+    fn script(&self) -> MutexGuard<'_, Script> {
+        self.script.lock().unwrap()
+    }
+}
+
+/// Fails unless the request carries the fake's bearer token.
+fn check_auth<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get("authorization").map(|v| v.to_str()) {
+        Some(Ok(v)) if v == format!("Bearer {TOKEN}") => Ok(()),
+        _ => Err(Status::unauthenticated("missing or wrong bearer token")),
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for FakeCoordinator {
+    async fn enroll(
+        &self,
+        req: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        if req.get_ref().enrollment_secret != "secret" {
+            return Err(Status::unauthenticated("wrong enrollment secret"));
+        }
+        Ok(Response::new(v1::EnrollResponse {
+            client_id: CLIENT_ID.into(),
+            token: TOKEN.into(),
+            model: Some(model_spec_to_proto(&self.spec)),
+        }))
+    }
+
+    async fn pull_task(
+        &self,
+        req: Request<v1::PullTaskRequest>,
+    ) -> Result<Response<v1::Task>, Status> {
+        check_auth(&req)?;
+        let next = self.script().tasks.pop_front();
+        let done = || v1::Task {
+            kind: Some(v1::task::Kind::Done(v1::DoneTask {
+                final_model_version: 0,
+                reason: "script over".into(),
+            })),
+        };
+        next.unwrap_or_else(|| Ok(done())).map(Response::new)
+    }
+
+    type DownloadModelStream =
+        futures::stream::Iter<std::vec::IntoIter<Result<v1::ModelChunk, Status>>>;
+
+    async fn download_model(
+        &self,
+        req: Request<v1::DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        check_auth(&req)?;
+        let version = req.get_ref().model_version;
+        let mut script = self.script();
+        script.downloads += 1;
+        let bytes = to_le_bytes(&script.model);
+        let sha = script.bad_sha.clone().unwrap_or_else(|| sha256_hex(&bytes));
+        let chunks: Vec<_> = chunk_ranges(bytes.len(), 8)
+            .enumerate()
+            .map(|(i, r)| {
+                Ok(v1::ModelChunk {
+                    model_version: version,
+                    total_bytes: bytes.len() as u64,
+                    chunk: Some(v1::TensorChunk {
+                        offset: r.start as u64,
+                        data: bytes::Bytes::copy_from_slice(&bytes[r]),
+                    }),
+                    sha256: if i == 0 { sha.clone() } else { String::new() },
+                })
+            })
+            .collect();
+        Ok(Response::new(futures::stream::iter(chunks)))
+    }
+
+    async fn upload_update(
+        &self,
+        req: Request<Streaming<v1::UploadMessage>>,
+    ) -> Result<Response<v1::UploadAck>, Status> {
+        check_auth(&req)?;
+        let mut stream = req.into_inner();
+        let Some(v1::UploadMessage {
+            kind: Some(v1::upload_message::Kind::Header(header)),
+        }) = stream.message().await?
+        else {
+            return Err(Status::invalid_argument("first message must be a header"));
+        };
+        let mut buf = Reassembler::new(header.total_bytes as usize, 1 << 30)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        while let Some(msg) = stream.message().await? {
+            let Some(v1::upload_message::Kind::Chunk(c)) = msg.kind else {
+                return Err(Status::invalid_argument("expected a chunk"));
+            };
+            buf.push(c.offset, &c.data)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let bytes = buf
+            .finish()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut script = self.script();
+        if let Some(Some(status)) = script.upload_replies.pop_front() {
+            return Err(status);
+        }
+        let round = header.round;
+        script.uploads.push((header, bytes));
+        Ok(Response::new(v1::UploadAck {
+            round,
+            accepted: true,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        check_auth(&req)?;
+        Ok(Response::new(v1::HeartbeatResponse {
+            current_round: 1,
+            server_time_ms: 5,
+        }))
+    }
+}

@@ -1,0 +1,342 @@
+//! Typed tasks: what the coordinator asks a node to do next, converted from (and to) the
+//! `fedval.v1` messages at this edge so the rest of the SDK never touches prost types.
+//!
+//! The conversion also checks what the proto cannot: a task names exactly one kind, and a
+//! model spec names a known architecture with non-zero sizes.
+
+use std::time::Duration;
+
+use fedval_core::model::ModelSpec;
+use fedval_proto::v1;
+
+use crate::error::ClientError;
+
+/// The next thing a node should do, mirrored from `fedval.v1.Task`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Task {
+    /// Train one round and upload the update.
+    Train(TrainTask),
+    /// Nothing to do yet; ask again after `retry_after`.
+    Wait {
+        /// Suggested delay before the next pull.
+        retry_after: Duration,
+        /// Why (e.g. "round 3 is full"), for logs.
+        reason: String,
+    },
+    /// The federation has finished (or this node was removed).
+    Done {
+        /// Version of the final global model.
+        final_model_version: u64,
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// Train on local data from global model `model_version`, then upload for `round`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainTask {
+    /// The round the update is for.
+    pub round: u64,
+    /// The global model version to start from.
+    pub model_version: u64,
+    /// Local training hyper-parameters chosen by the server.
+    pub params: TrainParams,
+    /// Time left, when the task was pulled, before the server closes the round.
+    pub deadline: Duration,
+    /// The model architecture.
+    pub model: ModelSpec,
+}
+
+/// Local training hyper-parameters, mirrored from `fedval.v1.TrainingParams`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainParams {
+    /// Passes over the local data.
+    pub local_epochs: u32,
+    /// Mini-batch size.
+    pub batch_size: u32,
+    /// SGD step size.
+    pub learning_rate: f32,
+    /// Seed the node mixes into its own RNG so runs are reproducible.
+    pub seed: u64,
+}
+
+impl Task {
+    /// Converts a task from the wire. A train task without a model spec uses `enrolled`, the
+    /// spec the node was given at enrollment (the field is optional in proto3).
+    pub fn from_proto(task: v1::Task, enrolled: &ModelSpec) -> Result<Self, ClientError> {
+        use v1::task::Kind;
+        match task.kind {
+            Some(Kind::Train(t)) => {
+                let model = match &t.model {
+                    Some(spec) => model_spec_from_proto(spec)?,
+                    None => enrolled.clone(),
+                };
+                let p = t.params.ok_or_else(|| {
+                    ClientError::Protocol(format!(
+                        "train task for round {} carries no training params",
+                        t.round
+                    ))
+                })?;
+                Ok(Task::Train(TrainTask {
+                    round: t.round,
+                    model_version: t.model_version,
+                    params: TrainParams {
+                        local_epochs: p.local_epochs,
+                        batch_size: p.batch_size,
+                        learning_rate: p.learning_rate,
+                        seed: p.seed,
+                    },
+                    deadline: Duration::from_millis(t.deadline_ms),
+                    model,
+                }))
+            }
+            Some(Kind::Wait(w)) => Ok(Task::Wait {
+                retry_after: Duration::from_millis(w.retry_after_ms),
+                reason: w.reason,
+            }),
+            Some(Kind::Done(d)) => Ok(Task::Done {
+                final_model_version: d.final_model_version,
+                reason: d.reason,
+            }),
+            None => Err(ClientError::Protocol(
+                "task names no kind (is the server newer than this client?)".into(),
+            )),
+        }
+    }
+}
+
+impl From<Task> for v1::Task {
+    /// The wire form of a task (used by tests and by anyone faking a coordinator).
+    fn from(task: Task) -> Self {
+        use v1::task::Kind;
+        let kind = match task {
+            Task::Train(t) => Kind::Train(v1::TrainTask {
+                round: t.round,
+                model_version: t.model_version,
+                params: Some(v1::TrainingParams {
+                    local_epochs: t.params.local_epochs,
+                    batch_size: t.params.batch_size,
+                    learning_rate: t.params.learning_rate,
+                    seed: t.params.seed,
+                }),
+                deadline_ms: u64::try_from(t.deadline.as_millis()).unwrap_or(u64::MAX),
+                model: Some(model_spec_to_proto(&t.model)),
+            }),
+            Task::Wait {
+                retry_after,
+                reason,
+            } => Kind::Wait(v1::WaitTask {
+                retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                reason,
+            }),
+            Task::Done {
+                final_model_version,
+                reason,
+            } => Kind::Done(v1::DoneTask {
+                final_model_version,
+                reason,
+            }),
+        };
+        v1::Task { kind: Some(kind) }
+    }
+}
+
+/// Converts a model spec from the wire, refusing a missing kind and invalid dimensions
+/// ([`ModelSpec::validate`]).
+pub fn model_spec_from_proto(spec: &v1::ModelSpec) -> Result<ModelSpec, ClientError> {
+    use v1::model_spec::Kind;
+    let model = match spec.kind {
+        Some(Kind::LogisticRegression(m)) => ModelSpec::LogisticRegression {
+            num_features: m.num_features as usize,
+            num_classes: m.num_classes as usize,
+        },
+        Some(Kind::Mlp(m)) => ModelSpec::Mlp {
+            num_features: m.num_features as usize,
+            hidden: m.hidden as usize,
+            num_classes: m.num_classes as usize,
+        },
+        None => {
+            return Err(ClientError::Protocol(
+                "model spec names no model kind (is the server newer than this client?)".into(),
+            ));
+        }
+    };
+    model
+        .validate()
+        .map_err(|e| ClientError::Protocol(format!("server sent an unusable model spec: {e}")))?;
+    Ok(model)
+}
+
+/// The wire form of a model spec; dimensions beyond `u32::MAX` saturate (such a spec fails
+/// validation on both sides anyway).
+pub fn model_spec_to_proto(spec: &ModelSpec) -> v1::ModelSpec {
+    use v1::model_spec::Kind;
+    let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let kind = match *spec {
+        ModelSpec::LogisticRegression {
+            num_features,
+            num_classes,
+        } => Kind::LogisticRegression(v1::LogisticRegressionSpec {
+            num_features: n(num_features),
+            num_classes: n(num_classes),
+        }),
+        ModelSpec::Mlp {
+            num_features,
+            hidden,
+            num_classes,
+        } => Kind::Mlp(v1::MlpSpec {
+            num_features: n(num_features),
+            hidden: n(hidden),
+            num_classes: n(num_classes),
+        }),
+    };
+    v1::ModelSpec { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mlp() -> ModelSpec {
+        ModelSpec::Mlp {
+            num_features: 4,
+            hidden: 8,
+            num_classes: 3,
+        }
+    }
+
+    fn logreg() -> ModelSpec {
+        ModelSpec::LogisticRegression {
+            num_features: 64,
+            num_classes: 10,
+        }
+    }
+
+    #[test]
+    fn tasks_round_trip_through_the_wire_form() {
+        let tasks = [
+            Task::Train(TrainTask {
+                round: 7,
+                model_version: 6,
+                params: TrainParams {
+                    local_epochs: 2,
+                    batch_size: 16,
+                    learning_rate: 0.05,
+                    seed: 99,
+                },
+                deadline: Duration::from_millis(30_000),
+                model: mlp(),
+            }),
+            Task::Wait {
+                retry_after: Duration::from_millis(250),
+                reason: "round 3 is full".into(),
+            },
+            Task::Done {
+                final_model_version: 12,
+                reason: "all rounds done".into(),
+            },
+        ];
+        for task in tasks {
+            let wire = v1::Task::from(task.clone());
+            assert_eq!(Task::from_proto(wire, &logreg()).unwrap(), task);
+        }
+    }
+
+    #[test]
+    fn wire_fields_land_in_the_typed_task() {
+        let wire = v1::Task {
+            kind: Some(v1::task::Kind::Train(v1::TrainTask {
+                round: 3,
+                model_version: 2,
+                params: Some(v1::TrainingParams {
+                    local_epochs: 1,
+                    batch_size: 32,
+                    learning_rate: 0.1,
+                    seed: 5,
+                }),
+                deadline_ms: 1500,
+                model: Some(v1::ModelSpec {
+                    kind: Some(v1::model_spec::Kind::LogisticRegression(
+                        v1::LogisticRegressionSpec {
+                            num_features: 64,
+                            num_classes: 10,
+                        },
+                    )),
+                }),
+            })),
+        };
+        let Task::Train(t) = Task::from_proto(wire, &mlp()).unwrap() else {
+            panic!("expected a train task");
+        };
+        assert_eq!((t.round, t.model_version), (3, 2));
+        assert_eq!(t.deadline, Duration::from_millis(1500));
+        assert_eq!(t.model, logreg());
+        assert_eq!(t.params.seed, 5);
+    }
+
+    #[test]
+    fn train_task_without_model_uses_the_enrolled_one() {
+        let mut wire = v1::Task::from(Task::Train(TrainTask {
+            round: 1,
+            model_version: 0,
+            params: TrainParams {
+                local_epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.1,
+                seed: 0,
+            },
+            deadline: Duration::ZERO,
+            model: logreg(),
+        }));
+        if let Some(v1::task::Kind::Train(t)) = &mut wire.kind {
+            t.model = None;
+        }
+        let Task::Train(t) = Task::from_proto(wire, &mlp()).unwrap() else {
+            panic!("expected a train task");
+        };
+        assert_eq!(t.model, mlp());
+    }
+
+    #[test]
+    fn malformed_tasks_are_protocol_errors() {
+        let err = Task::from_proto(v1::Task { kind: None }, &mlp()).unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+
+        let no_params = v1::Task {
+            kind: Some(v1::task::Kind::Train(v1::TrainTask {
+                round: 4,
+                ..Default::default()
+            })),
+        };
+        let err = Task::from_proto(no_params, &mlp()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "protocol error: train task for round 4 carries no training params"
+        );
+    }
+
+    #[test]
+    fn model_specs_round_trip_and_invalid_ones_are_refused() {
+        for spec in [mlp(), logreg()] {
+            assert_eq!(
+                model_spec_from_proto(&model_spec_to_proto(&spec)).unwrap(),
+                spec
+            );
+        }
+        let one_class = v1::ModelSpec {
+            kind: Some(v1::model_spec::Kind::LogisticRegression(
+                v1::LogisticRegressionSpec {
+                    num_features: 4,
+                    num_classes: 1,
+                },
+            )),
+        };
+        let err = model_spec_from_proto(&one_class).unwrap_err();
+        assert!(
+            err.to_string().contains("num_classes must be at least 2"),
+            "{err}"
+        );
+        let err = model_spec_from_proto(&v1::ModelSpec { kind: None }).unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+    }
+}

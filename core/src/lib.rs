@@ -1,0 +1,20 @@
+//! fedval-core: the pure, I/O-free algorithms of fedval.
+//!
+//! Nothing here knows gRPC, tokio or storage: every function is a plain function of
+//! its inputs (and an explicit seeded RNG), so the server, the client SDK, the
+//! simulator and benchmarks all reuse it.
+//!
+//! # Layout
+//! - [`tensor`]: flat f32 tensors on the wire: little-endian bytes, chunking, checksums.
+//! - [`data`]: labelled data sets, CSV loading, the shipped UCI sets, partitioners.
+//! - [`model`]: the built-in models (multinomial logistic regression, a one-hidden-layer
+//!   MLP) over flat parameter vectors, with seeded mini-batch SGD.
+//! - [`aggregate`]: combining client updates (FedAvg).
+//! - [`valuation`]: cooperative games and Shapley value estimators, including the
+//!   per-round federated-learning game.
+
+pub mod aggregate;
+pub mod data;
+pub mod model;
+pub mod tensor;
+pub mod valuation;

@@ -1,0 +1,1012 @@
+//! Federation configuration and server settings.
+//!
+//! A federation's configuration is one serde struct, [`FederationConfig`], readable from
+//! TOML or JSON, sent over gRPC (see `convert`), stored with the federation and checked by
+//! [`FederationConfig::validate`], whose [`ConfigError`] names the offending field the way
+//! an operator writes it (`training.learning_rate`, `validation.labels[3]`). The server
+//! binary reads a [`ServerFileConfig`] (listen address, data directory, admin token, store
+//! backend and federations to create at start-up) with [`load_server_file`].
+
+use std::path::{Path, PathBuf};
+
+use fedval_core::data::Dataset;
+use fedval_core::model::ModelSpec;
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+/// Longest federation id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest enrollment secret, in bytes.
+pub const MAX_SECRET_LEN: usize = 256;
+/// Most rounds a federation may run.
+pub const MAX_ROUNDS: u64 = 100_000;
+/// Shortest round timeout, in milliseconds.
+pub const MIN_ROUND_TIMEOUT_MS: u64 = 100;
+/// Longest round timeout (one day), in milliseconds.
+pub const MAX_ROUND_TIMEOUT_MS: u64 = 86_400_000;
+/// Most local epochs a round may ask for.
+pub const MAX_LOCAL_EPOCHS: u32 = 1000;
+/// Most players for which exact Shapley values may be computed (2^20 coalitions).
+pub const MAX_EXACT_PLAYERS: usize = 20;
+/// Most feature values a validation set may hold (4 MB of f32).
+pub const MAX_VALIDATION_VALUES: usize = 1_000_000;
+/// Default round timeout, in milliseconds.
+pub const DEFAULT_ROUND_TIMEOUT_MS: u64 = 30_000;
+
+/// An invalid configuration value: the field (dotted path, with indices) and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid federation config: field `{field}`: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field, e.g. `training.learning_rate` or `validation.labels[3]`.
+    pub field: String,
+    /// What is wrong and what is accepted.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Everything that defines one federation; stored with it and immutable once created.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Unique id chosen by the operator: `[A-Za-z0-9_-]`, 1 to 64 characters.
+    pub id: String,
+    /// Secret a client must present to enroll (non-empty, at most 256 bytes).
+    pub enrollment_secret: String,
+    /// The model architecture every client trains.
+    pub model: ModelSpec,
+    /// Number of rounds to run (1 to 100 000).
+    pub rounds: u64,
+    /// Clients that must be enrolled before the first round starts (at least 1).
+    pub min_clients: usize,
+    /// Clients selected per round; 0 selects every enrolled client.
+    #[serde(default)]
+    pub clients_per_round: usize,
+    /// How long a round stays open for uploads, in milliseconds (100 to 86 400 000).
+    #[serde(default = "default_round_timeout_ms")]
+    pub round_timeout_ms: u64,
+    /// Local training hyper-parameters sent to the clients.
+    #[serde(default)]
+    pub training: TrainingParams,
+    /// How contributions are valued each round.
+    #[serde(default)]
+    pub valuation: ValuationConfig,
+    /// The server's validation set; required unless `valuation.method = "none"`.
+    #[serde(default)]
+    pub validation: Option<ValidationData>,
+    /// Seed of the initial model and of client selection.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_round_timeout_ms() -> u64 {
+    DEFAULT_ROUND_TIMEOUT_MS
+}
+
+/// Local training hyper-parameters the server asks clients to use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingParams {
+    /// Passes over the local data per round (1 to 1000).
+    pub local_epochs: u32,
+    /// Mini-batch size (at least 1).
+    pub batch_size: u32,
+    /// SGD step size (finite, > 0).
+    pub learning_rate: f32,
+    /// Seed the clients mix into their own RNG.
+    pub seed: u64,
+}
+
+impl Default for TrainingParams {
+    fn default() -> Self {
+        Self {
+            local_epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.1,
+            seed: 0,
+        }
+    }
+}
+
+/// How each round's contributions are valued.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValuationConfig {
+    /// Which estimator to use.
+    pub method: ValuationMethod,
+    /// Largest round valued exactly when `method = "auto"` (1 to 20 players).
+    pub exact_max_players: usize,
+    /// Utility evaluations the permutation estimator may spend per round (>= 2).
+    pub budget: u64,
+    /// Seed of the Monte Carlo estimator.
+    pub seed: u64,
+    /// Utility of a coalition model on the validation set.
+    pub metric: UtilityMetric,
+}
+
+impl Default for ValuationConfig {
+    fn default() -> Self {
+        Self {
+            method: ValuationMethod::Auto,
+            exact_max_players: 12,
+            budget: 2000,
+            seed: 0,
+            metric: UtilityMetric::Accuracy,
+        }
+    }
+}
+
+/// The Shapley estimator of a federation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValuationMethod {
+    /// Exact up to `exact_max_players`, permutation sampling beyond.
+    #[default]
+    Auto,
+    /// Exact Shapley values (Gray-code enumeration of every coalition).
+    Exact,
+    /// Monte Carlo permutation sampling within `budget` evaluations.
+    Permutation,
+    /// No valuation (no validation set needed).
+    None,
+}
+
+impl ValuationMethod {
+    /// Every method with its configuration spelling, for parsing and error messages.
+    pub const ALL: [(ValuationMethod, &'static str); 4] = [
+        (ValuationMethod::Auto, "auto"),
+        (ValuationMethod::Exact, "exact"),
+        (ValuationMethod::Permutation, "permutation"),
+        (ValuationMethod::None, "none"),
+    ];
+
+    /// The configuration spelling (`"auto"`, `"exact"`, `"permutation"`, `"none"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValuationMethod::Auto => "auto",
+            ValuationMethod::Exact => "exact",
+            ValuationMethod::Permutation => "permutation",
+            ValuationMethod::None => "none",
+        }
+    }
+}
+
+/// The utility that scores a coalition model on the validation set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UtilityMetric {
+    /// Fraction of validation rows classified correctly.
+    #[default]
+    Accuracy,
+    /// Negative mean cross-entropy (higher is better).
+    NegLogLoss,
+}
+
+impl UtilityMetric {
+    /// Every metric with its configuration spelling, for parsing and error messages.
+    pub const ALL: [(UtilityMetric, &'static str); 2] = [
+        (UtilityMetric::Accuracy, "accuracy"),
+        (UtilityMetric::NegLogLoss, "neg_log_loss"),
+    ];
+
+    /// The configuration spelling (`"accuracy"`, `"neg_log_loss"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UtilityMetric::Accuracy => "accuracy",
+            UtilityMetric::NegLogLoss => "neg_log_loss",
+        }
+    }
+}
+
+/// The server's labelled validation set, carried inline (row-major features).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationData {
+    /// Features per row; must equal the model's.
+    pub num_features: usize,
+    /// Row-major features, `labels.len() * num_features` finite values.
+    pub features: Vec<f32>,
+    /// Class label of each row, each below the model's class count.
+    pub labels: Vec<u32>,
+}
+
+impl ValidationData {
+    /// Builds the core data set (checked again by `Dataset::new`).
+    pub fn to_dataset(&self, num_classes: usize) -> Result<Dataset, ConfigError> {
+        let rows = self.labels.len();
+        let features = Array2::from_shape_vec((rows, self.num_features), self.features.clone())
+            .map_err(|_| {
+                ConfigError::new(
+                    "validation.features",
+                    format!(
+                        "expected {} rows x {} features, got {} values",
+                        rows,
+                        self.num_features,
+                        self.features.len()
+                    ),
+                )
+            })?;
+        Dataset::new(features, self.labels.clone(), num_classes)
+            .map_err(|e| ConfigError::new("validation", e.to_string()))
+    }
+
+    /// Copies a core data set (e.g. one loaded from CSV) into the inline form.
+    pub fn from_dataset(data: &Dataset) -> Self {
+        Self {
+            num_features: data.features.ncols(),
+            features: data.features.iter().copied().collect(),
+            labels: data.labels.clone(),
+        }
+    }
+}
+
+/// Fails with a [`ConfigError`] on `field` unless `lo <= value <= hi`.
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if value < lo || value > hi {
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {lo} and {hi}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+impl FederationConfig {
+    /// Checks every field; the first problem found is returned, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_id(&self.id)?;
+        if self.enrollment_secret.is_empty() {
+            return Err(ConfigError::new(
+                "enrollment_secret",
+                "must not be empty: clients present it to enroll",
+            ));
+        }
+        if self.enrollment_secret.len() > MAX_SECRET_LEN {
+            return Err(ConfigError::new(
+                "enrollment_secret",
+                format!(
+                    "is {} bytes long, at most {MAX_SECRET_LEN} are accepted",
+                    self.enrollment_secret.len()
+                ),
+            ));
+        }
+        self.model
+            .validate()
+            .map_err(|e| ConfigError::new("model", e.to_string()))?;
+        check_range("rounds", self.rounds, 1, MAX_ROUNDS)?;
+        // Both counts travel as uint32 on the wire.
+        let wire_max = u32::MAX as usize;
+        check_range("min_clients", self.min_clients, 1, wire_max)?;
+        check_range("clients_per_round", self.clients_per_round, 0, wire_max)?;
+        check_range(
+            "round_timeout_ms",
+            self.round_timeout_ms,
+            MIN_ROUND_TIMEOUT_MS,
+            MAX_ROUND_TIMEOUT_MS,
+        )?;
+        self.validate_training()?;
+        self.validate_valuation()?;
+        match &self.validation {
+            Some(v) => validate_validation(v, &self.model),
+            None if self.valuation.method != ValuationMethod::None => Err(ConfigError::new(
+                "validation",
+                "a validation set is required to value contributions; \
+                 set valuation.method = \"none\" to run without",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn validate_training(&self) -> Result<(), ConfigError> {
+        let t = &self.training;
+        check_range("training.local_epochs", t.local_epochs, 1, MAX_LOCAL_EPOCHS)?;
+        check_range("training.batch_size", t.batch_size, 1, u32::MAX)?;
+        if !t.learning_rate.is_finite() || t.learning_rate <= 0.0 {
+            return Err(ConfigError::new(
+                "training.learning_rate",
+                format!("must be a finite number > 0, got {}", t.learning_rate),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_valuation(&self) -> Result<(), ConfigError> {
+        let v = &self.valuation;
+        check_range(
+            "valuation.exact_max_players",
+            v.exact_max_players,
+            1,
+            MAX_EXACT_PLAYERS,
+        )?;
+        let samples = matches!(
+            v.method,
+            ValuationMethod::Auto | ValuationMethod::Permutation
+        );
+        if samples && v.budget < 2 {
+            return Err(ConfigError::new(
+                "valuation.budget",
+                format!(
+                    "must be at least 2 utility evaluations for method \"{}\", got {}",
+                    v.method.as_str(),
+                    v.budget
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a federation id: `[A-Za-z0-9_-]`, 1 to 64 characters.
+pub fn validate_id(id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(ConfigError::new(
+            "id",
+            format!(
+                "must be 1 to {MAX_ID_LEN} characters long, got {} ({id:?})",
+                id.len()
+            ),
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(ConfigError::new(
+            "id",
+            format!("{id:?} contains {c:?}; only letters, digits, '_' and '-' are accepted"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_validation(v: &ValidationData, model: &ModelSpec) -> Result<(), ConfigError> {
+    let (num_features, num_classes) = (model.num_features(), model.num_classes());
+    if v.num_features != num_features {
+        return Err(ConfigError::new(
+            "validation.num_features",
+            format!(
+                "is {} but the model takes {num_features} features",
+                v.num_features
+            ),
+        ));
+    }
+    if v.labels.is_empty() {
+        return Err(ConfigError::new(
+            "validation.labels",
+            "the validation set has no rows; at least one is needed",
+        ));
+    }
+    let expected = v.labels.len().checked_mul(v.num_features);
+    if expected != Some(v.features.len()) {
+        return Err(ConfigError::new(
+            "validation.features",
+            format!(
+                "holds {} values but {} rows x {} features need {}",
+                v.features.len(),
+                v.labels.len(),
+                v.num_features,
+                v.labels.len().saturating_mul(v.num_features)
+            ),
+        ));
+    }
+    if v.features.len() > MAX_VALIDATION_VALUES {
+        return Err(ConfigError::new(
+            "validation.features",
+            format!(
+                "holds {} values, at most {MAX_VALIDATION_VALUES} are accepted",
+                v.features.len()
+            ),
+        ));
+    }
+    if let Some((i, x)) = v.features.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        return Err(ConfigError::new(
+            format!("validation.features[{i}]"),
+            format!("is {x}; only finite values are accepted"),
+        ));
+    }
+    if let Some((i, l)) = v
+        .labels
+        .iter()
+        .enumerate()
+        .find(|(_, l)| **l as usize >= num_classes)
+    {
+        return Err(ConfigError::new(
+            format!("validation.labels[{i}]"),
+            format!("is {l} but the model has {num_classes} classes (labels 0..{num_classes})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Storage backend of the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// redb, the durable default (a single file `<data_dir>/fedval.redb`).
+    #[default]
+    Redb,
+    /// sled (needs the `sled` cargo feature).
+    Sled,
+    /// In memory only: everything is lost on exit (tests, simulations).
+    Memory,
+}
+
+/// Settings file of the `fedval-server` binary (TOML, or JSON for a `.json` file).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFileConfig {
+    /// Address to listen on, e.g. `127.0.0.1:50051`.
+    pub listen: Option<String>,
+    /// Data directory of the durable store (relative paths are relative to the file).
+    pub data_dir: Option<PathBuf>,
+    /// Plain admin token (stored only as a hash in memory).
+    pub admin_token: Option<String>,
+    /// Storage backend.
+    pub store: Option<StoreKind>,
+    /// Federations to create at start-up if they do not exist yet.
+    #[serde(default)]
+    pub federations: Vec<FederationFileEntry>,
+}
+
+/// A federation in the settings file: a [`FederationConfig`] plus an optional
+/// `validation_csv` path that fills `validation` from a CSV file.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "toml::Table")]
+pub struct FederationFileEntry {
+    /// The configuration (with `validation` possibly still empty).
+    pub config: FederationConfig,
+    /// CSV file (`feature,...,label` per line, optionally `.gz`) holding the validation set.
+    pub validation_csv: Option<PathBuf>,
+}
+
+impl TryFrom<toml::Table> for FederationFileEntry {
+    type Error = String;
+
+    /// Splits off `validation_csv`, then parses the rest strictly (unknown fields rejected).
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        let name = match table.get("id") {
+            Some(toml::Value::String(id)) => format!("federation {id:?}"),
+            _ => "federation entry".to_string(),
+        };
+        let validation_csv = match table.remove("validation_csv") {
+            None => None,
+            Some(toml::Value::String(p)) => Some(PathBuf::from(p)),
+            Some(other) => {
+                return Err(format!(
+                    "{name}: `validation_csv` must be a path string, got {}",
+                    other.type_str()
+                ));
+            }
+        };
+        let config = FederationConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| format!("{name}: {}", e.message()))?;
+        Ok(Self {
+            config,
+            validation_csv,
+        })
+    }
+}
+
+/// Errors reading the server settings file or the files it points to.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML/JSON or does not match the expected fields.
+    #[error("cannot parse config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with the offending field or line).
+        message: String,
+    },
+    /// A `validation_csv` file could not be loaded.
+    #[error("federation {federation:?}: cannot load validation_csv: {source}")]
+    Csv {
+        /// Id of the federation.
+        federation: String,
+        /// The loader's error (carries the path and line).
+        source: fedval_core::data::DataError,
+    },
+    /// A federation is listed twice, or gives both `validation` and `validation_csv`.
+    #[error("federation {federation:?}: {reason}")]
+    Conflict {
+        /// Id of the federation.
+        federation: String,
+        /// What conflicts.
+        reason: String,
+    },
+    /// A federation's configuration is invalid.
+    #[error("federation {federation:?}: {source}")]
+    Invalid {
+        /// Id of the federation.
+        federation: String,
+        /// The offending field.
+        source: ConfigError,
+    },
+}
+
+/// Reads a settings file: JSON if it ends in `.json`, TOML otherwise.
+///
+/// Relative `data_dir` and `validation_csv` paths are made relative to the file's directory,
+/// so the server can be started from anywhere.
+pub fn load_server_file(path: &Path) -> Result<ServerFileConfig, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let parse_err = |message: String| ConfigFileError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut cfg: ServerFileConfig = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| parse_err(e.to_string()))?
+    } else {
+        toml::from_str(&text).map_err(|e| parse_err(e.to_string()))?
+    };
+    let base = path.parent().unwrap_or(Path::new(""));
+    cfg.data_dir = cfg.data_dir.map(|d| base.join(d));
+    for entry in &mut cfg.federations {
+        entry.validation_csv = entry.validation_csv.take().map(|p| base.join(p));
+    }
+    Ok(cfg)
+}
+
+impl ServerFileConfig {
+    /// The federations of the file, with `validation_csv` files loaded, each validated;
+    /// fails on duplicate ids.
+    pub fn resolve_federations(&self) -> Result<Vec<FederationConfig>, ConfigFileError> {
+        let mut out: Vec<FederationConfig> = Vec::with_capacity(self.federations.len());
+        for entry in &self.federations {
+            let config = entry.resolve()?;
+            if out.iter().any(|c| c.id == config.id) {
+                return Err(ConfigFileError::Conflict {
+                    federation: config.id,
+                    reason: "listed twice in the config file; federation ids must be unique"
+                        .to_string(),
+                });
+            }
+            out.push(config);
+        }
+        Ok(out)
+    }
+}
+
+impl FederationFileEntry {
+    /// The configuration with `validation_csv` loaded into `validation`, validated.
+    pub fn resolve(&self) -> Result<FederationConfig, ConfigFileError> {
+        let mut config = self.config.clone();
+        if let Some(path) = &self.validation_csv {
+            if config.validation.is_some() {
+                return Err(ConfigFileError::Conflict {
+                    federation: config.id,
+                    reason: "gives both `validation` and `validation_csv`; keep one".to_string(),
+                });
+            }
+            let data =
+                fedval_core::data::load_csv(path).map_err(|source| ConfigFileError::Csv {
+                    federation: config.id.clone(),
+                    source,
+                })?;
+            config.validation = Some(ValidationData::from_dataset(&data));
+        }
+        config
+            .validate()
+            .map_err(|source| ConfigFileError::Invalid {
+                federation: config.id.clone(),
+                source,
+            })?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        listen = "127.0.0.1:50051"
+        data_dir = "state"
+        admin_token = "admin-secret"
+        store = "redb"
+
+        [[federations]]
+        id = "iris-demo"
+        enrollment_secret = "s3cret"
+        rounds = 10
+        min_clients = 3
+        clients_per_round = 2
+        round_timeout_ms = 5000
+        seed = 7
+        model = { kind = "logistic_regression", num_features = 2, num_classes = 3 }
+
+        [federations.training]
+        local_epochs = 2
+        batch_size = 16
+        learning_rate = 0.05
+        seed = 3
+
+        [federations.valuation]
+        method = "permutation"
+        budget = 500
+        metric = "neg_log_loss"
+
+        [federations.validation]
+        num_features = 2
+        features = [0.5, 1.0, -1.0, 2.0]
+        labels = [0, 2]
+    "#;
+
+    /// A valid configuration every invalid case below starts from.
+    fn valid() -> FederationConfig {
+        FederationConfig {
+            id: "fed-1".into(),
+            enrollment_secret: "secret".into(),
+            model: ModelSpec::LogisticRegression {
+                num_features: 2,
+                num_classes: 3,
+            },
+            rounds: 5,
+            min_clients: 2,
+            clients_per_round: 0,
+            round_timeout_ms: DEFAULT_ROUND_TIMEOUT_MS,
+            training: TrainingParams::default(),
+            valuation: ValuationConfig::default(),
+            validation: Some(ValidationData {
+                num_features: 2,
+                features: vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+                labels: vec![0, 1, 2],
+            }),
+            seed: 0,
+        }
+    }
+
+    fn write_temp(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+
+    #[test]
+    fn full_toml_example_parses_with_resolved_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_temp(dir.path(), "server.toml", EXAMPLE);
+        let cfg = load_server_file(&path).expect("parses");
+        assert_eq!(cfg.listen.as_deref(), Some("127.0.0.1:50051"));
+        assert_eq!(cfg.data_dir, Some(dir.path().join("state")));
+        assert_eq!(cfg.admin_token.as_deref(), Some("admin-secret"));
+        assert_eq!(cfg.store, Some(StoreKind::Redb));
+        let feds = cfg.resolve_federations().expect("valid");
+        assert_eq!(
+            feds,
+            vec![FederationConfig {
+                id: "iris-demo".into(),
+                enrollment_secret: "s3cret".into(),
+                model: ModelSpec::LogisticRegression {
+                    num_features: 2,
+                    num_classes: 3
+                },
+                rounds: 10,
+                min_clients: 3,
+                clients_per_round: 2,
+                round_timeout_ms: 5000,
+                training: TrainingParams {
+                    local_epochs: 2,
+                    batch_size: 16,
+                    learning_rate: 0.05,
+                    seed: 3
+                },
+                valuation: ValuationConfig {
+                    method: ValuationMethod::Permutation,
+                    exact_max_players: 12,
+                    budget: 500,
+                    seed: 0,
+                    metric: UtilityMetric::NegLogLoss
+                },
+                validation: Some(ValidationData {
+                    num_features: 2,
+                    features: vec![0.5, 1.0, -1.0, 2.0],
+                    labels: vec![0, 2]
+                }),
+                seed: 7,
+            }]
+        );
+    }
+
+    #[test]
+    fn omitted_fields_take_documented_defaults() {
+        let cfg: FederationConfig = toml::from_str(
+            r#"
+            id = "a"
+            enrollment_secret = "s"
+            rounds = 1
+            min_clients = 1
+            model = { kind = "mlp", num_features = 4, hidden = 8, num_classes = 2 }
+            valuation = { method = "none" }
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(cfg.clients_per_round, 0);
+        assert_eq!(cfg.round_timeout_ms, 30_000);
+        assert_eq!(cfg.training, TrainingParams::default());
+        assert_eq!(cfg.valuation.exact_max_players, 12);
+        assert_eq!(cfg.valuation.budget, 2000);
+        assert_eq!(cfg.valuation.metric, UtilityMetric::Accuracy);
+        assert_eq!(cfg.validation, None);
+        assert_eq!(cfg.seed, 0);
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn json_config_round_trips() {
+        let cfg = valid();
+        let json = serde_json::to_string(&cfg).expect("serializes");
+        let back: FederationConfig = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        type Edit = fn(&mut FederationConfig);
+        let cases: Vec<(&str, Edit)> = vec![
+            ("id", |c| c.id = String::new()),
+            ("id", |c| c.id = "has space".into()),
+            ("id", |c| c.id = "x".repeat(65)),
+            ("enrollment_secret", |c| c.enrollment_secret.clear()),
+            ("enrollment_secret", |c| {
+                c.enrollment_secret = "s".repeat(257)
+            }),
+            ("model", |c| {
+                c.model = ModelSpec::LogisticRegression {
+                    num_features: 0,
+                    num_classes: 3,
+                }
+            }),
+            ("rounds", |c| c.rounds = 0),
+            ("rounds", |c| c.rounds = MAX_ROUNDS + 1),
+            ("min_clients", |c| c.min_clients = 0),
+            ("round_timeout_ms", |c| c.round_timeout_ms = 99),
+            ("round_timeout_ms", |c| {
+                c.round_timeout_ms = MAX_ROUND_TIMEOUT_MS + 1
+            }),
+            ("training.local_epochs", |c| c.training.local_epochs = 0),
+            ("training.local_epochs", |c| c.training.local_epochs = 1001),
+            ("training.batch_size", |c| c.training.batch_size = 0),
+            ("training.learning_rate", |c| {
+                c.training.learning_rate = f32::NAN
+            }),
+            ("training.learning_rate", |c| {
+                c.training.learning_rate = f32::INFINITY
+            }),
+            ("training.learning_rate", |c| c.training.learning_rate = 0.0),
+            ("valuation.exact_max_players", |c| {
+                c.valuation.exact_max_players = 0
+            }),
+            ("valuation.exact_max_players", |c| {
+                c.valuation.exact_max_players = 21
+            }),
+            ("valuation.budget", |c| c.valuation.budget = 1),
+            ("valuation.budget", |c| {
+                c.valuation.method = ValuationMethod::Permutation;
+                c.valuation.budget = 0;
+            }),
+            ("validation", |c| c.validation = None),
+            ("validation.num_features", |c| {
+                if let Some(v) = &mut c.validation {
+                    v.num_features = 3;
+                }
+            }),
+            ("validation.features", |c| {
+                if let Some(v) = &mut c.validation {
+                    v.features.pop();
+                }
+            }),
+            ("validation.labels", |c| {
+                c.validation = Some(ValidationData {
+                    num_features: 2,
+                    features: vec![],
+                    labels: vec![],
+                })
+            }),
+            ("validation.features[4]", |c| {
+                if let Some(v) = &mut c.validation {
+                    v.features[4] = f32::NEG_INFINITY;
+                }
+            }),
+            ("validation.labels[1]", |c| {
+                if let Some(v) = &mut c.validation {
+                    v.labels[1] = 3;
+                }
+            }),
+            ("validation.features", |c| {
+                c.validation = Some(ValidationData {
+                    num_features: 2,
+                    features: vec![0.0; MAX_VALIDATION_VALUES + 2],
+                    labels: vec![0; MAX_VALIDATION_VALUES / 2 + 1],
+                })
+            }),
+        ];
+        for (field, edit) in cases {
+            let mut cfg = valid();
+            edit(&mut cfg);
+            let err = cfg.validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn valid_edge_cases_pass() {
+        type Edit = fn(&mut FederationConfig);
+        let cases: Vec<Edit> = vec![
+            |_| {},
+            |c| c.id = "A-z_09".into(),
+            |c| c.id = "x".repeat(64),
+            |c| c.rounds = MAX_ROUNDS,
+            |c| c.round_timeout_ms = MIN_ROUND_TIMEOUT_MS,
+            |c| {
+                c.valuation.method = ValuationMethod::Exact;
+                c.valuation.budget = 0;
+            },
+            |c| {
+                c.valuation.method = ValuationMethod::None;
+                c.validation = None;
+            },
+        ];
+        for edit in cases {
+            let mut cfg = valid();
+            edit(&mut cfg);
+            assert_eq!(cfg.validate(), Ok(()), "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let base = r#"
+            id = "a"
+            enrollment_secret = "s"
+            rounds = 1
+            min_clients = 1
+            model = { kind = "logistic_regression", num_features = 2, num_classes = 2 }
+        "#;
+        let top = format!("{base}\nround = 3\n");
+        let err = toml::from_str::<FederationConfig>(&top).expect_err("unknown top-level field");
+        assert!(err.to_string().contains("unknown field `round`"), "{err}");
+        let nested = format!("{base}\n[training]\nlearning_rat = 0.1\n");
+        let err = toml::from_str::<FederationConfig>(&nested).expect_err("unknown nested field");
+        assert!(
+            err.to_string().contains("unknown field `learning_rat`"),
+            "{err}"
+        );
+        let file = format!("[[federations]]\n{base}\nround = 3\n");
+        let err = toml::from_str::<ServerFileConfig>(&file).expect_err("unknown field in file");
+        assert!(err.to_string().contains("unknown field `round`"), "{err}");
+        assert!(err.to_string().contains("federation \"a\""), "{err}");
+        let err = toml::from_str::<ServerFileConfig>("listn = \"x\"").expect_err("top level");
+        assert!(err.to_string().contains("unknown field `listn`"), "{err}");
+    }
+
+    #[test]
+    fn bad_enum_values_list_accepted_ones() {
+        let text = r#"
+            id = "a"
+            enrollment_secret = "s"
+            rounds = 1
+            min_clients = 1
+            model = { kind = "logistic_regression", num_features = 2, num_classes = 2 }
+            valuation = { method = "shapley" }
+        "#;
+        let err = toml::from_str::<FederationConfig>(text).expect_err("bad method");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("shapley") && msg.contains("permutation"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn validation_csv_is_loaded_relative_to_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_temp(dir.path(), "val.csv", "1.0,2.0,0\n3.0,4.0,1\n-1.5,0.25,1\n");
+        let text = r#"
+            [[federations]]
+            id = "csv"
+            enrollment_secret = "s"
+            rounds = 2
+            min_clients = 1
+            validation_csv = "val.csv"
+            model = { kind = "logistic_regression", num_features = 2, num_classes = 2 }
+        "#;
+        let path = write_temp(dir.path(), "server.toml", text);
+        let cfg = load_server_file(&path).expect("parses");
+        let feds = cfg.resolve_federations().expect("valid");
+        assert_eq!(
+            feds[0].validation,
+            Some(ValidationData {
+                num_features: 2,
+                features: vec![1.0, 2.0, 3.0, 4.0, -1.5, 0.25],
+                labels: vec![0, 1, 1],
+            })
+        );
+    }
+
+    #[test]
+    fn file_level_errors_name_the_federation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entry = r#"
+            [[federations]]
+            id = "dup"
+            enrollment_secret = "s"
+            rounds = 2
+            min_clients = 1
+            valuation = { method = "none" }
+            model = { kind = "logistic_regression", num_features = 2, num_classes = 2 }
+        "#;
+        let path = write_temp(dir.path(), "twice.toml", &format!("{entry}{entry}"));
+        let err = load_server_file(&path)
+            .expect("parses")
+            .resolve_federations()
+            .expect_err("duplicate");
+        assert!(
+            matches!(&err, ConfigFileError::Conflict { federation, .. } if federation == "dup")
+        );
+
+        let missing = entry.replace("rounds = 2", "rounds = 2\nvalidation_csv = \"nope.csv\"");
+        let path = write_temp(dir.path(), "missing.toml", &missing);
+        let err = load_server_file(&path)
+            .expect("parses")
+            .resolve_federations()
+            .expect_err("missing csv");
+        assert!(matches!(err, ConfigFileError::Csv { .. }), "{err}");
+
+        let invalid = entry.replace("rounds = 2", "rounds = 0");
+        let path = write_temp(dir.path(), "invalid.toml", &invalid);
+        let err = load_server_file(&path)
+            .expect("parses")
+            .resolve_federations()
+            .expect_err("invalid");
+        assert!(
+            matches!(&err, ConfigFileError::Invalid { source, .. } if source.field == "rounds"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_data_converts_to_and_from_datasets() {
+        let v = valid().validation.expect("has validation");
+        let ds = v.to_dataset(3).expect("valid");
+        assert_eq!(ds.features.dim(), (3, 2));
+        assert_eq!(ds.features[[2, 1]], 5.0);
+        assert_eq!(ds.num_classes, 3);
+        assert_eq!(ValidationData::from_dataset(&ds), v);
+        let err = v.to_dataset(2).expect_err("label 2 out of range");
+        assert_eq!(err.field, "validation");
+        let short = ValidationData {
+            features: vec![1.0],
+            ..v
+        };
+        assert_eq!(
+            short.to_dataset(3).expect_err("bad shape").field,
+            "validation.features"
+        );
+    }
+}

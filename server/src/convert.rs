@@ -1,0 +1,392 @@
+//! Conversions between the wire types (`fedval_proto::v1`) and the configuration types.
+//!
+//! **API boundary:** this is the only module that knows both. Proto-to-config conversion
+//! checks only what the wire format can get wrong (a missing message, an unknown enum
+//! string, bytes that are not whole f32 values) and names the proto field; the caller then
+//! runs [`FederationConfig::validate`] for the value rules.
+//!
+//! proto3 cannot tell an unset field from its zero value, so missing `training` and
+//! `valuation` messages, empty `method`/`metric` strings, and a zero in a field where zero
+//! is never valid (`round_timeout_ms`, `training.local_epochs`, `training.batch_size`,
+//! `training.learning_rate`, `valuation.exact_max_players`, and `valuation.budget` of a
+//! sampling method) all mean "the default". Every valid configuration survives
+//! config -> proto -> config unchanged.
+
+use bytes::Bytes;
+use fedval_core::model::ModelSpec;
+use fedval_proto::v1 as proto;
+
+use crate::config::{
+    ConfigError, DEFAULT_ROUND_TIMEOUT_MS, FederationConfig, TrainingParams, UtilityMetric,
+    ValidationData, ValuationConfig, ValuationMethod,
+};
+
+/// Narrows a count to the wire's `uint32`, saturating (validated configs always fit).
+fn to_u32(n: impl TryInto<u32>) -> u32 {
+    n.try_into().unwrap_or(u32::MAX)
+}
+
+/// `value`, or `default` when `value` is the proto3 zero.
+fn or_default<T: PartialEq + Default>(value: T, default: T) -> T {
+    if value == T::default() {
+        default
+    } else {
+        value
+    }
+}
+
+/// Parses one of `accepted`'s spellings; empty means `default`.
+fn parse_choice<T: Copy>(
+    field: &str,
+    text: &str,
+    accepted: &[(T, &'static str)],
+    default: T,
+) -> Result<T, ConfigError> {
+    if text.is_empty() {
+        return Ok(default);
+    }
+    accepted
+        .iter()
+        .find(|(_, name)| *name == text)
+        .map(|(v, _)| *v)
+        .ok_or_else(|| {
+            let names: Vec<String> = accepted.iter().map(|(_, n)| format!("\"{n}\"")).collect();
+            ConfigError::new(
+                field,
+                format!("unknown value {text:?}; accepted: {}", names.join(", ")),
+            )
+        })
+}
+
+/// The model spec of a proto `ModelSpec` (conversion and model checks live in
+/// `fedval_proto::convert`); errors name the field `model`.
+fn model_from_proto(spec: Option<&proto::ModelSpec>) -> Result<ModelSpec, ConfigError> {
+    let spec = spec.ok_or_else(|| {
+        ConfigError::new(
+            "model",
+            "missing: set `model.logistic_regression` or `model.mlp`",
+        )
+    })?;
+    ModelSpec::try_from(spec).map_err(|e| ConfigError::new(e.field, e.reason))
+}
+
+impl From<&proto::TrainingParams> for TrainingParams {
+    fn from(p: &proto::TrainingParams) -> Self {
+        let d = TrainingParams::default();
+        Self {
+            local_epochs: or_default(p.local_epochs, d.local_epochs),
+            batch_size: or_default(p.batch_size, d.batch_size),
+            learning_rate: or_default(p.learning_rate, d.learning_rate),
+            seed: p.seed,
+        }
+    }
+}
+
+impl From<&TrainingParams> for proto::TrainingParams {
+    fn from(t: &TrainingParams) -> Self {
+        Self {
+            local_epochs: t.local_epochs,
+            batch_size: t.batch_size,
+            learning_rate: t.learning_rate,
+            seed: t.seed,
+        }
+    }
+}
+
+impl TryFrom<&proto::ValuationConfig> for ValuationConfig {
+    type Error = ConfigError;
+
+    fn try_from(p: &proto::ValuationConfig) -> Result<Self, ConfigError> {
+        let d = ValuationConfig::default();
+        let method = parse_choice(
+            "valuation.method",
+            &p.method,
+            &ValuationMethod::ALL,
+            d.method,
+        )?;
+        let metric = parse_choice("valuation.metric", &p.metric, &UtilityMetric::ALL, d.metric)?;
+        let samples = matches!(method, ValuationMethod::Auto | ValuationMethod::Permutation);
+        Ok(Self {
+            method,
+            exact_max_players: or_default(p.exact_max_players as usize, d.exact_max_players),
+            budget: if samples {
+                or_default(p.budget, d.budget)
+            } else {
+                p.budget
+            },
+            seed: p.seed,
+            metric,
+        })
+    }
+}
+
+impl From<&ValuationConfig> for proto::ValuationConfig {
+    fn from(v: &ValuationConfig) -> Self {
+        Self {
+            method: v.method.as_str().to_string(),
+            exact_max_players: to_u32(v.exact_max_players),
+            budget: v.budget,
+            seed: v.seed,
+            metric: v.metric.as_str().to_string(),
+        }
+    }
+}
+
+impl TryFrom<&proto::InlineDataset> for ValidationData {
+    type Error = ConfigError;
+
+    fn try_from(p: &proto::InlineDataset) -> Result<Self, ConfigError> {
+        let features = fedval_core::tensor::from_le_bytes(&p.features)
+            .map_err(|e| ConfigError::new("validation.features", e.to_string()))?;
+        Ok(Self {
+            num_features: p.num_features as usize,
+            features,
+            labels: p.labels.clone(),
+        })
+    }
+}
+
+impl From<&ValidationData> for proto::InlineDataset {
+    fn from(v: &ValidationData) -> Self {
+        Self {
+            num_features: to_u32(v.num_features),
+            features: Bytes::from(fedval_core::tensor::to_le_bytes(&v.features)),
+            labels: v.labels.clone(),
+        }
+    }
+}
+
+impl TryFrom<proto::FederationConfig> for FederationConfig {
+    type Error = ConfigError;
+
+    /// Decodes a wire configuration; call [`FederationConfig::validate`] afterwards.
+    fn try_from(p: proto::FederationConfig) -> Result<Self, ConfigError> {
+        let model = model_from_proto(p.model.as_ref())?;
+        Ok(Self {
+            id: p.id,
+            enrollment_secret: p.enrollment_secret,
+            model,
+            rounds: u64::from(p.rounds),
+            min_clients: p.min_clients as usize,
+            clients_per_round: p.clients_per_round as usize,
+            round_timeout_ms: or_default(p.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS),
+            training: p.training.as_ref().map(Into::into).unwrap_or_default(),
+            valuation: p
+                .valuation
+                .as_ref()
+                .map(TryInto::try_into)
+                .transpose()?
+                .unwrap_or_default(),
+            validation: p.validation.as_ref().map(TryInto::try_into).transpose()?,
+            seed: p.seed,
+        })
+    }
+}
+
+impl From<&FederationConfig> for proto::FederationConfig {
+    /// The full wire form, secret and validation data included.
+    fn from(c: &FederationConfig) -> Self {
+        Self {
+            id: c.id.clone(),
+            enrollment_secret: c.enrollment_secret.clone(),
+            model: Some((&c.model).into()),
+            rounds: to_u32(c.rounds),
+            min_clients: to_u32(c.min_clients),
+            clients_per_round: to_u32(c.clients_per_round),
+            round_timeout_ms: c.round_timeout_ms,
+            training: Some((&c.training).into()),
+            valuation: Some((&c.valuation).into()),
+            validation: c.validation.as_ref().map(Into::into),
+            seed: c.seed,
+        }
+    }
+}
+
+/// The wire form for listings: without the enrollment secret (which only clients need)
+/// and without the validation data (which can be megabytes).
+pub fn config_summary_proto(c: &FederationConfig) -> proto::FederationConfig {
+    proto::FederationConfig {
+        enrollment_secret: String::new(),
+        validation: None,
+        ..c.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> FederationConfig {
+        FederationConfig {
+            id: "fed".into(),
+            enrollment_secret: "s".into(),
+            model: ModelSpec::Mlp {
+                num_features: 2,
+                hidden: 5,
+                num_classes: 3,
+            },
+            rounds: 7,
+            min_clients: 2,
+            clients_per_round: 4,
+            round_timeout_ms: 1234,
+            training: TrainingParams {
+                local_epochs: 3,
+                batch_size: 8,
+                learning_rate: 0.01,
+                seed: 9,
+            },
+            valuation: ValuationConfig {
+                method: ValuationMethod::Exact,
+                exact_max_players: 10,
+                budget: 0,
+                seed: 5,
+                metric: UtilityMetric::NegLogLoss,
+            },
+            validation: Some(ValidationData {
+                num_features: 2,
+                features: vec![0.1, -2.5, 3.0, f32::MIN_POSITIVE],
+                labels: vec![2, 0],
+            }),
+            seed: 11,
+        }
+    }
+
+    #[test]
+    fn config_proto_config_is_identity() {
+        let logreg = FederationConfig {
+            model: ModelSpec::LogisticRegression {
+                num_features: 2,
+                num_classes: 3,
+            },
+            valuation: ValuationConfig::default(),
+            ..full()
+        };
+        let no_validation = FederationConfig {
+            valuation: ValuationConfig {
+                method: ValuationMethod::None,
+                ..ValuationConfig::default()
+            },
+            validation: None,
+            ..full()
+        };
+        for cfg in [full(), logreg, no_validation] {
+            assert_eq!(cfg.validate(), Ok(()));
+            let wire = proto::FederationConfig::from(&cfg);
+            assert_eq!(FederationConfig::try_from(wire), Ok(cfg));
+        }
+    }
+
+    #[test]
+    fn missing_messages_and_zeros_mean_defaults() {
+        let wire = proto::FederationConfig {
+            id: "x".into(),
+            model: Some(
+                (&ModelSpec::LogisticRegression {
+                    num_features: 2,
+                    num_classes: 2,
+                })
+                    .into(),
+            ),
+            rounds: 1,
+            min_clients: 1,
+            ..Default::default()
+        };
+        let cfg = FederationConfig::try_from(wire).expect("decodes");
+        assert_eq!(cfg.training, TrainingParams::default());
+        assert_eq!(cfg.valuation, ValuationConfig::default());
+        assert_eq!(cfg.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS);
+        assert_eq!(cfg.validation, None);
+
+        let zeros = proto::ValuationConfig {
+            method: "permutation".into(),
+            ..Default::default()
+        };
+        let v = ValuationConfig::try_from(&zeros).expect("decodes");
+        assert_eq!((v.exact_max_players, v.budget), (12, 2000));
+        let exact = proto::ValuationConfig {
+            method: "exact".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            ValuationConfig::try_from(&exact).expect("decodes").budget,
+            0
+        );
+    }
+
+    #[test]
+    fn wire_errors_name_the_proto_field() {
+        let base = proto::FederationConfig::from(&full());
+        let no_model = proto::FederationConfig {
+            model: None,
+            ..base.clone()
+        };
+        let empty_model = proto::FederationConfig {
+            model: Some(proto::ModelSpec { kind: None }),
+            ..base.clone()
+        };
+        let bad_method = proto::FederationConfig {
+            valuation: Some(proto::ValuationConfig {
+                method: "shapley".into(),
+                ..Default::default()
+            }),
+            ..base.clone()
+        };
+        let bad_metric = proto::FederationConfig {
+            valuation: Some(proto::ValuationConfig {
+                metric: "f1".into(),
+                ..Default::default()
+            }),
+            ..base.clone()
+        };
+        let ragged = proto::FederationConfig {
+            validation: Some(proto::InlineDataset {
+                num_features: 2,
+                features: Bytes::from_static(&[0, 0, 0, 0, 1]),
+                labels: vec![0],
+            }),
+            ..base
+        };
+        let cases = [
+            (no_model, "model"),
+            (empty_model, "model"),
+            (bad_method, "valuation.method"),
+            (bad_metric, "valuation.metric"),
+            (ragged, "validation.features"),
+        ];
+        for (wire, field) in cases {
+            let err = FederationConfig::try_from(wire).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+        let err = ValuationConfig::try_from(&proto::ValuationConfig {
+            method: "shapley".into(),
+            ..Default::default()
+        })
+        .expect_err("bad method");
+        assert!(
+            err.reason
+                .contains("\"auto\", \"exact\", \"permutation\", \"none\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn summary_hides_secret_and_validation_data() {
+        let summary = config_summary_proto(&full());
+        assert_eq!(summary.enrollment_secret, "");
+        assert_eq!(summary.validation, None);
+        assert_eq!(summary.id, "fed");
+        assert_eq!(summary.model, Some((&full().model).into()));
+        assert_eq!(summary.training, Some((&full().training).into()));
+    }
+
+    #[test]
+    fn validation_bytes_are_little_endian_f32() {
+        let v = ValidationData {
+            num_features: 1,
+            features: vec![1.0],
+            labels: vec![0],
+        };
+        let wire = proto::InlineDataset::from(&v);
+        assert_eq!(wire.features.as_ref(), &[0, 0, 0x80, 0x3f]);
+    }
+}

@@ -1,0 +1,262 @@
+//! The client-facing `fedval.v1.Coordinator` gRPC service.
+//!
+//! Handlers decode, authenticate, call the federation, and encode. Every client
+//! input is untrusted: sizes are bounded before data is read, tensors are checked
+//! for length, checksum and finiteness, and nothing is acknowledged before it is
+//! durable. Domain errors become statuses in `error.rs` only.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fedval_core::tensor::{self, Reassembler};
+use fedval_proto::v1 as pb;
+use fedval_proto::v1::coordinator_server::Coordinator;
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth;
+use crate::error::{ServiceError, ServiceResult};
+use crate::federation::{Federation, NextTask, UploadClaim};
+use crate::registry::Registry;
+
+/// Implementation of the Coordinator service.
+#[derive(Debug, Clone)]
+pub struct CoordinatorService {
+    registry: Arc<Registry>,
+    chunk_bytes: usize,
+}
+
+impl CoordinatorService {
+    /// A service over `registry` that streams models in chunks of `chunk_bytes`.
+    pub fn new(registry: Arc<Registry>, chunk_bytes: usize) -> Self {
+        CoordinatorService {
+            registry,
+            chunk_bytes,
+        }
+    }
+
+    /// The federation `federation_id`, after checking the caller's bearer token is
+    /// `client_id`'s.
+    async fn authorized<T>(
+        &self,
+        request: &Request<T>,
+        federation_id: &str,
+        client_id: &str,
+    ) -> ServiceResult<Arc<Federation>> {
+        let token = auth::bearer_from_metadata(request.metadata())?;
+        let fed = self.registry.get(federation_id)?;
+        fed.authenticate(token, client_id).await?;
+        Ok(fed)
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ModelChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let req = request.into_inner();
+        let fed = self.registry.get(&req.federation_id)?;
+        let (client_id, token) = fed
+            .enroll(&req.enrollment_secret, &req.client_name, req.num_samples)
+            .await?;
+        Ok(Response::new(pb::EnrollResponse {
+            client_id,
+            token,
+            model: Some((&fed.config().model).into()),
+        }))
+    }
+
+    async fn pull_task(
+        &self,
+        request: Request<pb::PullTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let fed = self
+            .authorized(
+                &request,
+                &request.get_ref().federation_id,
+                &request.get_ref().client_id,
+            )
+            .await?;
+        let client_id = &request.get_ref().client_id;
+        let mut changes = fed.subscribe_changes();
+        let mut task = fed.next_task(client_id).await;
+        if matches!(task, NextTask::Wait { .. }) {
+            // Long poll: answer as soon as something changes, or after a bounded wait.
+            if tokio::time::timeout(fed.long_poll(), changes.changed())
+                .await
+                .is_ok()
+            {
+                task = fed.next_task(client_id).await;
+            }
+        }
+        Ok(Response::new(task_to_proto(&fed, task)))
+    }
+
+    type DownloadModelStream = ChunkStream;
+
+    async fn download_model(
+        &self,
+        request: Request<pb::DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let req = request.get_ref();
+        let fed = self
+            .authorized(&request, &req.federation_id, &req.client_id)
+            .await?;
+        let model = fed.model(req.model_version).await?;
+        let total = model.bytes.len();
+        let chunks: Vec<Result<pb::ModelChunk, Status>> =
+            tensor::chunk_ranges(total, self.chunk_bytes)
+                .enumerate()
+                .map(|(i, range)| {
+                    Ok(pb::ModelChunk {
+                        model_version: model.version,
+                        total_bytes: total as u64,
+                        chunk: Some(pb::TensorChunk {
+                            offset: range.start as u64,
+                            data: model.bytes.slice(range),
+                        }),
+                        sha256: if i == 0 {
+                            model.sha256.clone()
+                        } else {
+                            String::new()
+                        },
+                    })
+                })
+                .collect();
+        // An empty model still answers with one (empty) chunk carrying the checksum.
+        let chunks = if chunks.is_empty() {
+            vec![Ok(pb::ModelChunk {
+                model_version: model.version,
+                total_bytes: 0,
+                chunk: Some(pb::TensorChunk {
+                    offset: 0,
+                    data: Default::default(),
+                }),
+                sha256: model.sha256.clone(),
+            })]
+        } else {
+            chunks
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn upload_update(
+        &self,
+        request: Request<Streaming<pb::UploadMessage>>,
+    ) -> Result<Response<pb::UploadAck>, Status> {
+        let token = auth::bearer_from_metadata(request.metadata())
+            .map_err(ServiceError::from)?
+            .to_string();
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::UploadMessage {
+                kind: Some(pb::upload_message::Kind::Header(h)),
+            }) => h,
+            _ => {
+                return Err(ServiceError::InvalidArgument(
+                    "an upload must start with an UpdateHeader message".into(),
+                )
+                .into());
+            }
+        };
+        let fed = self.registry.get(&header.federation_id)?;
+        fed.authenticate(&token, &header.client_id).await?;
+        let claim = UploadClaim {
+            round: header.round,
+            model_version: header.model_version,
+            num_samples: header.num_samples,
+            metrics: header
+                .metrics
+                .iter()
+                .map(|m| (m.name.clone(), m.value))
+                .collect(),
+            total_bytes: header.total_bytes,
+            sha256: header.sha256.to_ascii_lowercase(),
+        };
+        let expected = fed.check_claim(&header.client_id, &claim).await?;
+        let mut data = Reassembler::new(expected, expected).map_err(ServiceError::from)?;
+        while let Some(msg) = stream.message().await? {
+            match msg.kind {
+                Some(pb::upload_message::Kind::Chunk(c)) => {
+                    data.push(c.offset, &c.data).map_err(ServiceError::from)?
+                }
+                _ => {
+                    return Err(ServiceError::InvalidArgument(
+                        "only TensorChunk messages may follow the UpdateHeader".into(),
+                    )
+                    .into());
+                }
+            }
+        }
+        let bytes = data.finish().map_err(ServiceError::from)?;
+        let digest = tensor::sha256_hex(&bytes);
+        if digest != claim.sha256 {
+            return Err(ServiceError::InvalidArgument(format!(
+                "checksum mismatch: the header says sha256 {}, the received bytes hash to {digest}; the update was corrupted or truncated, upload it again",
+                claim.sha256
+            ))
+            .into());
+        }
+        let delta = tensor::from_le_bytes(&bytes).map_err(ServiceError::from)?;
+        tensor::check_finite(&delta).map_err(ServiceError::from)?;
+        let round = fed.accept_update(&header.client_id, claim, delta).await?;
+        Ok(Response::new(pb::UploadAck {
+            round,
+            accepted: true,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.get_ref();
+        let fed = self
+            .authorized(&request, &req.federation_id, &req.client_id)
+            .await?;
+        let (record, _) = fed.snapshot().await;
+        Ok(Response::new(pb::HeartbeatResponse {
+            current_round: record.committed_rounds + 1,
+            server_time_ms: crate::federation::now_ms(),
+        }))
+    }
+}
+
+fn task_to_proto(fed: &Federation, task: NextTask) -> pb::Task {
+    use pb::task::Kind;
+    let config = fed.config();
+    let kind = match task {
+        NextTask::Train {
+            round,
+            model_version,
+            deadline_ms,
+        } => Kind::Train(pb::TrainTask {
+            round,
+            model_version,
+            params: Some(pb::TrainingParams {
+                local_epochs: config.training.local_epochs,
+                batch_size: config.training.batch_size,
+                learning_rate: config.training.learning_rate,
+                seed: config.training.seed,
+            }),
+            deadline_ms,
+            model: Some((&config.model).into()),
+        }),
+        NextTask::Wait { reason } => Kind::Wait(pb::WaitTask {
+            retry_after_ms: 50,
+            reason,
+        }),
+        NextTask::Done {
+            final_model_version,
+            reason,
+        } => Kind::Done(pb::DoneTask {
+            final_model_version,
+            reason,
+        }),
+    };
+    pb::Task { kind: Some(kind) }
+}

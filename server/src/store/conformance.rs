@@ -1,0 +1,327 @@
+//! The one conformance suite every backend must pass, run against memory, redb and (with
+//! the `sled` feature) sled. Each case is a plain function of a fresh [`Store`]; the macro
+//! at the bottom instantiates them per backend. Durable backends also run the reopen case,
+//! which drops the store and opens the same directory again, as after a crash or restart.
+
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::config::{FederationConfig, TrainingParams, ValuationConfig, ValuationMethod};
+use fedval_core::model::ModelSpec;
+
+/// A fresh store, with the directory it lives in (if any) kept alive beside it.
+pub struct Fixture {
+    /// The store under test.
+    pub store: Store,
+    _dir: Option<TempDir>,
+}
+
+/// A fresh in-memory store.
+pub fn memory() -> Fixture {
+    Fixture {
+        store: Store::memory(),
+        _dir: None,
+    }
+}
+
+/// A fresh store opened by `open` in a new temporary directory.
+pub fn on_disk(open: fn(&Path) -> Result<Store, StoreError>) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Fixture {
+        store: open(dir.path()).expect("opens"),
+        _dir: Some(dir),
+    }
+}
+
+fn fed(id: &str) -> FederationRecord {
+    FederationRecord {
+        config: FederationConfig {
+            id: id.to_string(),
+            enrollment_secret: "secret".into(),
+            model: ModelSpec::LogisticRegression {
+                num_features: 2,
+                num_classes: 2,
+            },
+            rounds: 3,
+            min_clients: 1,
+            clients_per_round: 0,
+            round_timeout_ms: 1000,
+            training: TrainingParams::default(),
+            valuation: ValuationConfig {
+                method: ValuationMethod::None,
+                ..ValuationConfig::default()
+            },
+            validation: None,
+            seed: 1,
+        },
+        status: FederationStatus::Waiting,
+        committed_rounds: 0,
+        model_version: 0,
+    }
+}
+
+fn client(name: &str, seq: u64) -> ClientRecord {
+    ClientRecord {
+        client_id: format!("c{seq}"),
+        name: name.to_string(),
+        token_hash: crate::auth::hash_token(name),
+        num_samples: 10 * seq,
+        enrolled_at_ms: 1000 + seq,
+        seq,
+    }
+}
+
+fn update(client_id: &str, round: u64) -> UpdateRecord {
+    UpdateRecord {
+        client_id: client_id.to_string(),
+        round,
+        model_version: round,
+        num_samples: 5,
+        metrics: vec![("loss".into(), 0.25), ("accuracy".into(), 0.5)],
+        sha256: "ab".repeat(32),
+        received_at_ms: 42,
+    }
+}
+
+fn round_record(round: u64, model_version: u64, participants: &[&str]) -> RoundRecord {
+    RoundRecord {
+        round,
+        model_version,
+        participants: participants.iter().map(|s| s.to_string()).collect(),
+        stragglers: vec!["late".into()],
+        metrics: vec![("accuracy".into(), 0.75), ("loss".into(), f64::INFINITY)],
+        values: participants
+            .iter()
+            .map(|p| ClientValue {
+                client_id: p.to_string(),
+                value: 0.125,
+                std_error: 0.0,
+            })
+            .collect(),
+        valuation_method: "exact".into(),
+        evaluations: 4,
+        utility_full: 0.75,
+        utility_empty: 0.5,
+        valuation_ms: 3,
+    }
+}
+
+fn assert_conflict(result: Result<(), StoreError>, key_part: &str) {
+    match result {
+        Err(StoreError::Conflict { key }) => assert!(key.contains(key_part), "{key}"),
+        other => panic!("expected a conflict on {key_part}, got {other:?}"),
+    }
+}
+
+/// Create, get, list and overwrite federations; the initial model is version 0.
+pub fn federations(s: &Store) {
+    assert_eq!(s.list_federations().expect("list"), vec![]);
+    assert_eq!(s.get_federation("b").expect("get"), None);
+    s.create_federation(&fed("b"), &[1.0, 2.0])
+        .expect("create b");
+    s.create_federation(&fed("a"), &[3.0]).expect("create a");
+    s.create_federation(&fed("a-b"), &[]).expect("create a-b");
+    assert_eq!(s.get_federation("b").expect("get"), Some(fed("b")));
+    let ids: Vec<String> = s
+        .list_federations()
+        .expect("list")
+        .into_iter()
+        .map(|r| r.config.id)
+        .collect();
+    assert_eq!(ids, ["a", "a-b", "b"]);
+    assert_eq!(s.get_model("b", 0).expect("model"), Some(vec![1.0, 2.0]));
+    assert_eq!(s.get_model("a-b", 0).expect("model"), Some(vec![]));
+    assert_eq!(s.get_model("b", 1).expect("model"), None);
+    assert_eq!(s.get_model("c", 0).expect("model"), None);
+
+    let mut running = fed("b");
+    running.status = FederationStatus::Running;
+    s.put_federation(&running).expect("put");
+    assert_eq!(s.get_federation("b").expect("get"), Some(running));
+}
+
+/// A second federation with the same id conflicts and changes nothing.
+pub fn duplicate_federation(s: &Store) {
+    s.create_federation(&fed("a"), &[1.0]).expect("create");
+    let mut other = fed("a");
+    other.config.rounds = 99;
+    assert_conflict(s.create_federation(&other, &[2.0]), "fed/a");
+    assert_eq!(s.get_federation("a").expect("get"), Some(fed("a")));
+    assert_eq!(s.get_model("a", 0).expect("model"), Some(vec![1.0]));
+}
+
+/// Clients list in numeric `seq` order; a taken name or seq conflicts and changes nothing.
+pub fn clients(s: &Store) {
+    assert_eq!(s.list_clients("f").expect("list"), vec![]);
+    // seq 9 before seq 10: numeric, not lexicographic, order.
+    let enrolled = [client("zeta", 9), client("alpha/β", 10), client("mid", 11)];
+    for c in &enrolled {
+        s.add_client("f", c).expect("add");
+    }
+    s.add_client("f2", &client("zeta", 0))
+        .expect("same name, other federation");
+    assert_eq!(s.list_clients("f").expect("list"), enrolled.to_vec());
+    assert_conflict(s.add_client("f", &client("mid", 12)), "client-name/f/mid");
+    assert_conflict(s.add_client("f", &client("new", 11)), "client/f/");
+    assert_eq!(s.list_clients("f").expect("list"), enrolled.to_vec());
+    assert_eq!(s.list_clients("f2").expect("list"), vec![client("zeta", 0)]);
+}
+
+/// Updates list by client id per round; a duplicate (round, client) conflicts, the first stays.
+pub fn updates(s: &Store) {
+    for id in ["c", "a", "b"] {
+        s.put_update("f", &update(id, 2), &[id.len() as f32, 2.0])
+            .expect("put");
+    }
+    s.put_update("f", &update("a", 10), &[7.0])
+        .expect("round 10");
+    s.put_update("g", &update("a", 2), &[8.0])
+        .expect("other federation");
+    let got = s.list_updates("f", 2).expect("list");
+    let ids: Vec<&str> = got.iter().map(|(r, _)| r.client_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(got[0], (update("a", 2), vec![1.0, 2.0]));
+
+    let mut dup = update("b", 2);
+    dup.num_samples = 999;
+    assert_conflict(s.put_update("f", &dup, &[9.0]), "update/f/");
+    let again = s.list_updates("f", 2).expect("list");
+    assert_eq!(again, got, "the first upload is intact");
+
+    assert_eq!(
+        s.list_updates("f", 10).expect("list"),
+        vec![(update("a", 10), vec![7.0])]
+    );
+    assert_eq!(s.list_updates("f", 3).expect("list"), vec![]);
+}
+
+/// A round commit writes round, model and federation together; a replay changes nothing.
+pub fn commit_round(s: &Store) {
+    s.create_federation(&fed("f"), &[0.0, 0.0]).expect("create");
+    let mut after = fed("f");
+    after.status = FederationStatus::Running;
+    after.committed_rounds = 1;
+    after.model_version = 1;
+    let r0 = round_record(0, 1, &["a", "b"]);
+    s.commit_round("f", &r0, &[0.5, -0.5], &after)
+        .expect("commit");
+    assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0.clone()]);
+    assert_eq!(s.get_model("f", 1).expect("model"), Some(vec![0.5, -0.5]));
+    assert_eq!(s.get_federation("f").expect("get"), Some(after.clone()));
+
+    let mut replay = after.clone();
+    replay.committed_rounds = 2;
+    replay.model_version = 2;
+    let r0b = round_record(0, 2, &["c"]);
+    assert_conflict(s.commit_round("f", &r0b, &[9.0, 9.0], &replay), "round/f/");
+    assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0.clone()]);
+    assert_eq!(s.get_model("f", 2).expect("model"), None, "nothing written");
+    assert_eq!(s.get_federation("f").expect("get"), Some(after));
+
+    // Rounds list in numeric order whatever the commit order.
+    let r10 = round_record(10, 11, &["a"]);
+    let r2 = round_record(2, 3, &["b"]);
+    s.commit_round("f", &r10, &[1.0, 1.0], &fed("f"))
+        .expect("commit 10");
+    s.commit_round("f", &r2, &[2.0, 2.0], &fed("f"))
+        .expect("commit 2");
+    assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0, r2, r10]);
+    assert_eq!(s.list_rounds("g").expect("rounds"), vec![]);
+}
+
+/// Writes through one store, drops it, reopens the directory and finds everything.
+pub fn reopen(open: fn(&Path) -> Result<Store, StoreError>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut after = fed("f");
+    after.committed_rounds = 1;
+    after.model_version = 1;
+    let r0 = round_record(0, 1, &["c1"]);
+    {
+        let s = open(dir.path()).expect("opens");
+        s.create_federation(&fed("f"), &[1.0, 2.0]).expect("create");
+        s.add_client("f", &client("one", 1)).expect("add");
+        s.put_update("f", &update("c1", 0), &[0.25, 0.5])
+            .expect("put");
+        s.commit_round("f", &r0, &[1.25, 2.5], &after)
+            .expect("commit");
+        s.put_update("f", &update("c1", 1), &[3.0, 4.0])
+            .expect("put round 1");
+    }
+    let s = open(dir.path()).expect("reopens");
+    assert_eq!(s.get_federation("f").expect("get"), Some(after.clone()));
+    assert_eq!(
+        s.list_clients("f").expect("clients"),
+        vec![client("one", 1)]
+    );
+    assert_eq!(s.get_model("f", 0).expect("m0"), Some(vec![1.0, 2.0]));
+    assert_eq!(s.get_model("f", 1).expect("m1"), Some(vec![1.25, 2.5]));
+    assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0.clone()]);
+    assert_eq!(
+        s.list_updates("f", 1).expect("updates"),
+        vec![(update("c1", 1), vec![3.0, 4.0])]
+    );
+    // Uniqueness survives the restart too.
+    assert_conflict(s.commit_round("f", &r0, &[0.0, 0.0], &after), "round/f/");
+    assert_conflict(s.put_update("f", &update("c1", 1), &[0.0]), "update/f/");
+    assert_conflict(s.add_client("f", &client("one", 2)), "client-name/f/one");
+}
+
+/// A 50 MB model (12.5 M floats) round-trips bit for bit.
+pub fn large_tensor(s: &Store) {
+    let n = 12_500_000;
+    let model: Vec<f32> = (0..n).map(|i| (i as f32) * 0.5 - 1.0e6).collect();
+    s.create_federation(&fed("big"), &model).expect("create");
+    let back = s.get_model("big", 0).expect("get").expect("present");
+    assert!(back == model, "the 12.5M-float model changed in the store");
+}
+
+macro_rules! conformance {
+    ($name:ident, $fixture:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn federations() {
+                super::federations(&$fixture.store)
+            }
+            #[test]
+            fn duplicate_federation() {
+                super::duplicate_federation(&$fixture.store)
+            }
+            #[test]
+            fn clients() {
+                super::clients(&$fixture.store)
+            }
+            #[test]
+            fn updates() {
+                super::updates(&$fixture.store)
+            }
+            #[test]
+            fn commit_round() {
+                super::commit_round(&$fixture.store)
+            }
+        }
+    };
+}
+
+conformance!(memory_backend, memory());
+conformance!(redb, on_disk(Store::open_redb));
+#[cfg(feature = "sled")]
+conformance!(sled, on_disk(Store::open_sled));
+
+#[test]
+fn redb_reopen() {
+    reopen(Store::open_redb)
+}
+
+#[cfg(feature = "sled")]
+#[test]
+fn sled_reopen() {
+    reopen(Store::open_sled)
+}
+
+#[test]
+fn redb_large_tensor() {
+    large_tensor(&on_disk(Store::open_redb).store)
+}

@@ -1,0 +1,249 @@
+//! The records the store persists, and their encodings.
+//!
+//! Records are JSON (`serde_json`): self-describing, easy to inspect with a debugger or a
+//! dump tool, and cheap at their size. Floats in metrics and values may legitimately be
+//! non-finite (a log-loss of `-inf`), which JSON cannot express, so those fields go through
+//! [`float_repr`]: finite numbers stay numbers, `NaN`/`inf`/`-inf` become strings, and every
+//! `f64` survives a round trip bit for bit. Tensors (models, updates) are not JSON: they are
+//! little-endian f32 bytes, the wire format of `fedval_core::tensor`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::FederationConfig;
+
+/// A federation: its immutable configuration and its mutable progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FederationRecord {
+    /// The configuration it was created with.
+    pub config: FederationConfig,
+    /// Where it is in its life cycle.
+    pub status: FederationStatus,
+    /// Rounds committed so far.
+    pub committed_rounds: u64,
+    /// Version of the current global model (0 = the initial model).
+    pub model_version: u64,
+}
+
+/// Life cycle of a federation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FederationStatus {
+    /// Created; waiting for `min_clients` enrollments.
+    Waiting,
+    /// Running rounds.
+    Running,
+    /// All rounds committed.
+    Finished,
+    /// Stopped by an operator before the last round.
+    Stopped,
+}
+
+impl FederationStatus {
+    /// The wire spelling (`"waiting"`, `"running"`, `"finished"`, `"stopped"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FederationStatus::Waiting => "waiting",
+            FederationStatus::Running => "running",
+            FederationStatus::Finished => "finished",
+            FederationStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// An enrolled client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// Server-assigned id (also the prefix of its token).
+    pub client_id: String,
+    /// Name chosen by the client, unique in its federation.
+    pub name: String,
+    /// Hex SHA-256 of its bearer token (see `auth::hash_token`).
+    pub token_hash: String,
+    /// Local samples it declared at enrollment.
+    pub num_samples: u64,
+    /// Enrollment time, milliseconds since the Unix epoch.
+    pub enrolled_at_ms: u64,
+    /// Enrollment sequence number in the federation; clients are listed in this order.
+    pub seq: u64,
+}
+
+/// Metadata of one acknowledged client update (the tensor is stored beside it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    /// The uploading client.
+    pub client_id: String,
+    /// Round the update belongs to.
+    pub round: u64,
+    /// Global model version the update was trained from.
+    pub model_version: u64,
+    /// Samples the client trained on.
+    pub num_samples: u64,
+    /// Client-reported training metrics.
+    #[serde(with = "metrics_repr")]
+    pub metrics: Vec<(String, f64)>,
+    /// Hex SHA-256 of the update's little-endian bytes.
+    pub sha256: String,
+    /// Receipt time, milliseconds since the Unix epoch.
+    pub received_at_ms: u64,
+}
+
+/// A committed round: who took part, what it produced and what each client contributed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Round number.
+    pub round: u64,
+    /// Model version this round produced.
+    pub model_version: u64,
+    /// Clients whose updates were aggregated.
+    pub participants: Vec<String>,
+    /// Selected clients that missed the deadline.
+    pub stragglers: Vec<String>,
+    /// Validation metrics of the new global model.
+    #[serde(with = "metrics_repr")]
+    pub metrics: Vec<(String, f64)>,
+    /// Per-client contribution of this round.
+    pub values: Vec<ClientValue>,
+    /// Estimator actually used (`"exact"`, `"permutation"`, `"none"`).
+    pub valuation_method: String,
+    /// Utility evaluations spent.
+    pub evaluations: u64,
+    /// v(N) of the round's game.
+    #[serde(with = "float_repr")]
+    pub utility_full: f64,
+    /// v(empty) of the round's game.
+    #[serde(with = "float_repr")]
+    pub utility_empty: f64,
+    /// Wall time of the valuation, in milliseconds.
+    pub valuation_ms: u64,
+}
+
+/// One client's value in one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientValue {
+    /// The client.
+    pub client_id: String,
+    /// Its (estimated) Shapley value.
+    #[serde(with = "float_repr")]
+    pub value: f64,
+    /// Standard error of the estimate (0 when exact).
+    #[serde(with = "float_repr")]
+    pub std_error: f64,
+}
+
+/// Serde encoding of an `f64` that keeps non-finite values: numbers stay numbers,
+/// `NaN`, `inf` and `-inf` become the strings `"NaN"`, `"inf"`, `"-inf"`.
+pub mod float_repr {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `v` as a number, or as a string when it is not finite.
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f64),
+        Text(String),
+    }
+
+    /// Reads a number or one of `"NaN"`, `"inf"`, `"-inf"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Number(v) => Ok(v),
+            Repr::Text(t) => match t.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"NaN\", \"inf\" or \"-inf\", got {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
+/// Serde encoding of named metrics `[(name, value)]` with values through [`float_repr`].
+mod metrics_repr {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Value(#[serde(with = "super::float_repr")] f64);
+
+    pub fn serialize<S: Serializer>(v: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|(name, x)| (name, Value(*x))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Error> {
+        let raw: Vec<(String, Value)> = Vec::deserialize(d)?;
+        Ok(raw.into_iter().map(|(name, Value(x))| (name, x)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_floats_survive_json() {
+        let rec = RoundRecord {
+            round: 3,
+            model_version: 3,
+            participants: vec!["a".into()],
+            stragglers: vec![],
+            metrics: vec![
+                ("loss".into(), f64::INFINITY),
+                ("x".into(), f64::NEG_INFINITY),
+                ("acc".into(), 0.1 + 0.2),
+            ],
+            values: vec![ClientValue {
+                client_id: "a".into(),
+                value: f64::NAN,
+                std_error: 1e-300,
+            }],
+            valuation_method: "exact".into(),
+            evaluations: 2,
+            utility_full: -f64::INFINITY,
+            utility_empty: f64::MIN_POSITIVE,
+            valuation_ms: 1,
+        };
+        let json = serde_json::to_vec(&rec).expect("encodes");
+        let back: RoundRecord = serde_json::from_slice(&json).expect("decodes");
+        assert!(back.values[0].value.is_nan());
+        let mut expected = rec.clone();
+        expected.values[0].value = 0.0;
+        let mut got = back;
+        got.values[0].value = 0.0;
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn unknown_float_strings_are_rejected() {
+        let err = serde_json::from_str::<ClientValue>(
+            r#"{"client_id":"a","value":"lots","std_error":0}"#,
+        )
+        .expect_err("bad float");
+        assert!(err.to_string().contains("\"lots\""), "{err}");
+    }
+
+    #[test]
+    fn status_spelling_matches_serde() {
+        for s in [
+            FederationStatus::Waiting,
+            FederationStatus::Running,
+            FederationStatus::Finished,
+            FederationStatus::Stopped,
+        ] {
+            let json = serde_json::to_string(&s).expect("encodes");
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! fedval-sim: spawns many clients against an embedded or remote fedval server and
+//! reports what each one contributed.
+//!
+//! # Layout
+//! - [`scenario`]: [`SimConfig`], the clients' behaviours, partitions and models.
+//! - [`setup`]: turns a config into a test set, a validation set and client data.
+//! - [`runner`]: starts the server, creates the federation, runs the clients.
+//! - [`report`]: the final table and the JSON/CSV files.
+
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod setup;
+
+pub use report::Report;
+pub use runner::{SimOptions, run};
+pub use scenario::{Behaviour, SimConfig};
+
+use std::path::PathBuf;
+
+/// Why a simulation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The scenario is inconsistent.
+    #[error("invalid simulation config: {0}")]
+    Config(String),
+    /// Loading or partitioning data failed.
+    #[error(transparent)]
+    Data(#[from] fedval_core::data::DataError),
+    /// Evaluating the final model failed.
+    #[error(transparent)]
+    Model(#[from] fedval_core::model::ModelError),
+    /// The embedded server failed.
+    #[error(transparent)]
+    Server(#[from] fedval_server::ServerError),
+    /// A client failed.
+    #[error("client: {0}")]
+    ClientSdk(#[from] fedval_client::ClientError),
+    /// A client task failed in another way.
+    #[error("{0}")]
+    Client(String),
+    /// An Admin call failed.
+    #[error("admin call failed: {}: {}", .0.code(), .0.message())]
+    Admin(#[from] tonic::Status),
+    /// Writing the report failed.
+    #[error("cannot write {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,343 @@
+//! Runs a simulation: an embedded server on a free loopback port (or a remote one),
+//! one federation created through the Admin API, one task per client with its own gRPC
+//! channel running the client SDK's task loop, and a progress bar fed by the Admin
+//! event stream. Returns the [`Report`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fedval_client::{FederationClient, ModelTrainer, RunOptions, connect, run_node};
+use fedval_core::data::Dataset;
+use fedval_core::model::ModelSpec;
+use fedval_core::tensor;
+use fedval_proto::v1 as pb;
+use fedval_proto::v1::admin_client::AdminClient;
+use fedval_server::store::Store;
+use fedval_server::{RunningServer, ServerSettings};
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::SimError;
+use crate::report::{ClientRow, Report, RoundRow};
+use crate::scenario::{ModelChoice, SimConfig};
+use crate::setup::{Prepared, prepare};
+
+/// Where and how to run.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// The scenario.
+    pub config: SimConfig,
+    /// A remote server's URL; `None` starts an embedded one.
+    pub server: Option<String>,
+    /// The admin token (of the remote server, or given to the embedded one).
+    pub admin_token: String,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// An Admin client that sends the admin token with every call.
+pub type Admin = AdminClient<InterceptedService<Channel, BearerAuth>>;
+
+/// Adds `authorization: Bearer <token>` to every Admin call.
+#[derive(Clone)]
+pub struct BearerAuth(AsciiMetadataValue);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// An Admin client that authenticates with `token`.
+pub fn admin_client(channel: Channel, token: &str) -> Result<Admin, SimError> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| SimError::Config("the admin token must be printable ASCII".into()))?;
+    Ok(AdminClient::with_interceptor(channel, BearerAuth(value))
+        .max_decoding_message_size(64 << 20))
+}
+
+/// The model a scenario trains, sized for `data`.
+pub fn model_spec(choice: ModelChoice, data: &Dataset) -> ModelSpec {
+    let (num_features, num_classes) = (data.num_features(), data.num_classes);
+    match choice {
+        ModelChoice::Logreg => ModelSpec::LogisticRegression {
+            num_features,
+            num_classes,
+        },
+        ModelChoice::Mlp { hidden } => ModelSpec::Mlp {
+            num_features,
+            hidden,
+            num_classes,
+        },
+    }
+}
+
+/// The federation the scenario asks the server for.
+pub fn federation_config(
+    id: &str,
+    secret: &str,
+    config: &SimConfig,
+    prepared: &Prepared,
+) -> pb::FederationConfig {
+    let spec = model_spec(config.model, &prepared.validation);
+    let features: Vec<f32> = prepared.validation.features.iter().copied().collect();
+    pb::FederationConfig {
+        id: id.to_string(),
+        enrollment_secret: secret.to_string(),
+        model: Some(fedval_client::task::model_spec_to_proto(&spec)),
+        rounds: config.rounds as u32,
+        min_clients: config.clients as u32,
+        clients_per_round: 0,
+        round_timeout_ms: config.round_timeout_ms,
+        training: Some(pb::TrainingParams {
+            local_epochs: config.local_epochs,
+            batch_size: config.batch_size,
+            learning_rate: config.learning_rate,
+            seed: config.seed,
+        }),
+        valuation: Some(pb::ValuationConfig {
+            method: config.valuation.clone(),
+            exact_max_players: 12,
+            budget: config.valuation_budget,
+            seed: config.seed,
+            metric: config.utility.clone(),
+        }),
+        validation: Some(pb::InlineDataset {
+            num_features: prepared.validation.num_features() as u32,
+            features: tensor::to_le_bytes(&features).into(),
+            labels: prepared.validation.labels.clone(),
+        }),
+        seed: config.seed,
+    }
+}
+
+struct ClientResult {
+    index: usize,
+    client_id: String,
+    final_model: Vec<f32>,
+    final_accuracy: f64,
+}
+
+/// Runs the whole simulation and returns its report (files are written by the caller).
+pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
+    let started = Instant::now();
+    let config = &opts.config;
+    let prepared = prepare(config)?;
+
+    let embedded = match &opts.server {
+        Some(_) => None,
+        None => {
+            let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+            let settings = ServerSettings::new(Store::memory(), opts.admin_token.clone());
+            Some(RunningServer::start(addr, settings).await?)
+        }
+    };
+    let url = match (&opts.server, &embedded) {
+        (Some(url), _) => url.clone(),
+        (None, Some(server)) => server.url(),
+        (None, None) => unreachable!("an embedded server exists when no URL is given"),
+    };
+    let federation_id = match embedded {
+        Some(_) => "sim".to_string(),
+        None => format!(
+            "sim-{}-{}",
+            config.seed,
+            fedval_server::federation::now_ms()
+        ),
+    };
+    let secret = format!("enroll-{}", config.seed);
+
+    let mut admin = admin_client(connect(&url).await?, &opts.admin_token)?;
+    admin
+        .create_federation(pb::CreateFederationRequest {
+            config: Some(federation_config(
+                &federation_id,
+                &secret,
+                config,
+                &prepared,
+            )),
+        })
+        .await?;
+    // Subscribe before any client enrolls so no round event is missed.
+    let mut events = admin
+        .watch_events(pb::WatchEventsRequest {
+            federation_id: federation_id.clone(),
+        })
+        .await?
+        .into_inner();
+
+    let run_opts = RunOptions {
+        max_retries: 8,
+        max_wait: Duration::from_secs(2),
+        ..RunOptions::default()
+    };
+    let mut tasks = Vec::with_capacity(prepared.clients.len());
+    for (index, plan) in prepared.clients.iter().cloned().enumerate() {
+        let (url, federation_id, secret, run_opts) = (
+            url.clone(),
+            federation_id.clone(),
+            secret.clone(),
+            run_opts.clone(),
+        );
+        let seed = config.seed.wrapping_add(1 + index as u64);
+        tasks.push(tokio::spawn(async move {
+            let channel = connect(&url).await?;
+            let samples = plan.data.len() as u64;
+            let mut client =
+                FederationClient::enroll(channel, &federation_id, &secret, &plan.name, samples)
+                    .await?;
+            let trainer = ModelTrainer::new(client.model().clone(), plan.data, seed)?;
+            let summary = run_node(&mut client, trainer, &run_opts).await?;
+            let final_accuracy = summary
+                .final_metrics
+                .iter()
+                .find(|(n, _)| n == "accuracy")
+                .map_or(f64::NAN, |(_, v)| *v);
+            Ok::<_, SimError>(ClientResult {
+                index,
+                client_id: client.client_id().to_string(),
+                final_model: summary.final_model,
+                final_accuracy,
+            })
+        }));
+    }
+
+    let bar = if opts.progress {
+        ProgressBar::new(config.rounds)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message("waiting for clients");
+    while let Some(event) = events.message().await? {
+        match event.kind {
+            Some(pb::federation_event::Kind::RoundCommitted(r)) => {
+                let acc = r
+                    .metrics
+                    .iter()
+                    .find(|m| m.name == "val_accuracy")
+                    .map_or(f64::NAN, |m| m.value);
+                bar.set_position(r.round);
+                bar.set_message(format!("val acc {acc:.3}"));
+            }
+            Some(pb::federation_event::Kind::Ended(_)) => break,
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(
+            task.await
+                .map_err(|e| SimError::Client(format!("client task panicked: {e}")))??,
+        );
+    }
+    results.sort_by_key(|r| r.index);
+
+    let rounds = admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation_id: federation_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .rounds;
+    let contributions = admin
+        .get_contributions(pb::GetContributionsRequest {
+            federation_id: federation_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .contributions;
+    if let Some(server) = embedded {
+        server.shutdown().await?;
+    }
+
+    let spec = model_spec(config.model, &prepared.test);
+    let final_model = results
+        .first()
+        .map(|r| r.final_model.clone())
+        .unwrap_or_default();
+    let test = spec.evaluate(&final_model, &prepared.test)?;
+
+    let names: HashMap<String, String> = results
+        .iter()
+        .map(|r| (r.client_id.clone(), prepared.clients[r.index].name.clone()))
+        .collect();
+    let round_rows = rounds.iter().map(|r| round_row(r, &names)).collect();
+    let clients = results
+        .iter()
+        .map(|r| {
+            let plan = &prepared.clients[r.index];
+            let contribution = contributions.iter().find(|c| c.client_id == r.client_id);
+            ClientRow {
+                name: plan.name.clone(),
+                client_id: r.client_id.clone(),
+                behaviour: plan.behaviour.as_str().to_string(),
+                samples: plan.data.len(),
+                shapley: contribution.map_or(0.0, |c| c.cumulative_value),
+                rounds_participated: contribution.map_or(0, |c| c.rounds_participated),
+                final_accuracy: r.final_accuracy,
+            }
+        })
+        .collect();
+    Ok(Report {
+        config: config.clone(),
+        federation_id,
+        server: url,
+        wall_time_s: started.elapsed().as_secs_f64(),
+        final_test_accuracy: test.accuracy,
+        final_test_loss: test.loss,
+        rounds: round_rows,
+        clients,
+    })
+}
+
+fn round_row(r: &pb::RoundRecord, names: &HashMap<String, String>) -> RoundRow {
+    let metric = |name: &str| {
+        r.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(f64::NAN, |m| m.value)
+    };
+    RoundRow {
+        round: r.round,
+        val_accuracy: metric("val_accuracy"),
+        val_loss: metric("val_loss"),
+        client_loss: metric("client_train_loss"),
+        participants: r.participants.len(),
+        stragglers: r.stragglers.len(),
+        valuation_method: r.valuation_method.clone(),
+        evaluations: r.evaluations,
+        valuation_ms: r.valuation_ms,
+        utility_full: r.utility_full,
+        utility_empty: r.utility_empty,
+        values: r
+            .values
+            .iter()
+            .map(|v| {
+                (
+                    names
+                        .get(&v.client_id)
+                        .cloned()
+                        .unwrap_or_else(|| v.client_id.clone()),
+                    v.value,
+                )
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,140 @@
+//! Shared set-up: servers, admin clients, data, and raw upload helpers.
+
+use std::net::SocketAddr;
+
+use fedval_core::tensor;
+use fedval_proto::v1 as pb;
+use fedval_server::store::Store;
+use fedval_server::{RunningServer, ServerSettings};
+use fedval_sim::scenario::{Partition, SimConfig};
+use fedval_sim::setup::{Prepared, prepare};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const SECRET: &str = "test-enroll-secret";
+
+/// A server on a free loopback port over `store`.
+pub async fn start_server(store: Store) -> RunningServer {
+    let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+    RunningServer::start(addr, ServerSettings::new(store, ADMIN_TOKEN))
+        .await
+        .expect("server starts")
+}
+
+/// An authenticated Admin client.
+pub async fn admin(url: &str) -> fedval_sim::runner::Admin {
+    let channel = fedval_client::connect(url).await.expect("connect");
+    fedval_sim::runner::admin_client(channel, ADMIN_TOKEN).expect("admin client")
+}
+
+/// `clients` IID shards of digits (no adversaries), plus validation and test sets.
+pub fn digits(clients: usize, seed: u64) -> (SimConfig, Prepared) {
+    let config = SimConfig {
+        clients,
+        noisy: 0,
+        tiny: 0,
+        partition: Partition::Iid,
+        seed,
+        ..SimConfig::default()
+    };
+    let prepared = prepare(&config).expect("prepare digits");
+    (config, prepared)
+}
+
+/// The wire config of a digits federation with `rounds` rounds and exact valuation of
+/// validation accuracy.
+pub fn digits_federation(
+    id: &str,
+    rounds: u64,
+    config: &SimConfig,
+    prepared: &Prepared,
+) -> pb::FederationConfig {
+    let mut c = config.clone();
+    c.rounds = rounds;
+    c.valuation = "exact".into();
+    c.utility = "accuracy".into();
+    fedval_sim::runner::federation_config(id, SECRET, &c, prepared)
+}
+
+/// A raw Coordinator client (for requests the SDK would never send).
+pub async fn raw_coordinator(url: &str) -> pb::coordinator_client::CoordinatorClient<Channel> {
+    let channel = fedval_client::connect(url).await.expect("connect");
+    pb::coordinator_client::CoordinatorClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// Attaches `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// A hand-built upload: header plus the given raw chunks `(offset, bytes)`.
+pub struct RawUpload {
+    pub header: pb::UpdateHeader,
+    pub chunks: Vec<(u64, Vec<u8>)>,
+}
+
+impl RawUpload {
+    /// A well-formed upload of `values` from `client_id` for `round` trained from `version`.
+    pub fn valid(
+        federation: &str,
+        client_id: &str,
+        round: u64,
+        version: u64,
+        values: &[f32],
+    ) -> Self {
+        let bytes = tensor::to_le_bytes(values);
+        RawUpload {
+            header: pb::UpdateHeader {
+                federation_id: federation.into(),
+                client_id: client_id.into(),
+                round,
+                model_version: version,
+                num_samples: 10,
+                metrics: vec![pb::Metric {
+                    name: "loss".into(),
+                    value: 1.0,
+                }],
+                total_bytes: bytes.len() as u64,
+                sha256: tensor::sha256_hex(&bytes),
+            },
+            chunks: vec![(0, bytes)],
+        }
+    }
+
+    /// Sends it with `token`.
+    pub async fn send(
+        self,
+        client: &mut pb::coordinator_client::CoordinatorClient<Channel>,
+        token: &str,
+    ) -> Result<pb::UploadAck, tonic::Status> {
+        let mut messages = vec![pb::UploadMessage {
+            kind: Some(pb::upload_message::Kind::Header(self.header)),
+        }];
+        for (offset, data) in self.chunks {
+            messages.push(pb::UploadMessage {
+                kind: Some(pb::upload_message::Kind::Chunk(pb::TensorChunk {
+                    offset,
+                    data: data.into(),
+                })),
+            });
+        }
+        client
+            .upload_update(with_token(futures::stream::iter(messages), token))
+            .await
+            .map(|r| r.into_inner())
+    }
+}
+
+/// The value of metric `name` in a round record.
+pub fn metric(r: &pb::RoundRecord, name: &str) -> f64 {
+    r.metrics
+        .iter()
+        .find(|m| m.name == name)
+        .map_or(f64::NAN, |m| m.value)
+}
