@@ -16,8 +16,6 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::task::model_spec_to_proto;
-
 /// Token the fake issues at enrollment.
 pub const TOKEN: &str = "tok-123";
 /// Client id the fake issues at enrollment.
@@ -113,7 +111,7 @@ impl Coordinator for FakeCoordinator {
         Ok(Response::new(v1::EnrollResponse {
             client_id: CLIENT_ID.into(),
             token: TOKEN.into(),
-            model: Some(model_spec_to_proto(&self.spec)),
+            model: Some(v1::ModelSpec::from(&self.spec)),
         }))
     }
 

@@ -120,7 +120,7 @@ impl From<Task> for v1::Task {
                     seed: t.params.seed,
                 }),
                 deadline_ms: u64::try_from(t.deadline.as_millis()).unwrap_or(u64::MAX),
-                model: Some(model_spec_to_proto(&t.model)),
+                model: Some(v1::ModelSpec::from(&t.model)),
             }),
             Task::Wait {
                 retry_after,
@@ -141,56 +141,11 @@ impl From<Task> for v1::Task {
     }
 }
 
-/// Converts a model spec from the wire, refusing a missing kind and invalid dimensions
-/// ([`ModelSpec::validate`]).
+/// Converts a model spec from the wire (through `fedval_proto::convert`), refusing a
+/// missing kind and invalid dimensions as a protocol error: the server sent it.
 pub fn model_spec_from_proto(spec: &v1::ModelSpec) -> Result<ModelSpec, ClientError> {
-    use v1::model_spec::Kind;
-    let model = match spec.kind {
-        Some(Kind::LogisticRegression(m)) => ModelSpec::LogisticRegression {
-            num_features: m.num_features as usize,
-            num_classes: m.num_classes as usize,
-        },
-        Some(Kind::Mlp(m)) => ModelSpec::Mlp {
-            num_features: m.num_features as usize,
-            hidden: m.hidden as usize,
-            num_classes: m.num_classes as usize,
-        },
-        None => {
-            return Err(ClientError::Protocol(
-                "model spec names no model kind (is the server newer than this client?)".into(),
-            ));
-        }
-    };
-    model
-        .validate()
-        .map_err(|e| ClientError::Protocol(format!("server sent an unusable model spec: {e}")))?;
-    Ok(model)
-}
-
-/// The wire form of a model spec; dimensions beyond `u32::MAX` saturate (such a spec fails
-/// validation on both sides anyway).
-pub fn model_spec_to_proto(spec: &ModelSpec) -> v1::ModelSpec {
-    use v1::model_spec::Kind;
-    let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-    let kind = match *spec {
-        ModelSpec::LogisticRegression {
-            num_features,
-            num_classes,
-        } => Kind::LogisticRegression(v1::LogisticRegressionSpec {
-            num_features: n(num_features),
-            num_classes: n(num_classes),
-        }),
-        ModelSpec::Mlp {
-            num_features,
-            hidden,
-            num_classes,
-        } => Kind::Mlp(v1::MlpSpec {
-            num_features: n(num_features),
-            hidden: n(hidden),
-            num_classes: n(num_classes),
-        }),
-    };
-    v1::ModelSpec { kind: Some(kind) }
+    ModelSpec::try_from(spec)
+        .map_err(|e| ClientError::Protocol(format!("server sent an unusable model spec: {e}")))
 }
 
 #[cfg(test)]
@@ -319,7 +274,7 @@ mod tests {
     fn model_specs_round_trip_and_invalid_ones_are_refused() {
         for spec in [mlp(), logreg()] {
             assert_eq!(
-                model_spec_from_proto(&model_spec_to_proto(&spec)).unwrap(),
+                model_spec_from_proto(&v1::ModelSpec::from(&spec)).unwrap(),
                 spec
             );
         }

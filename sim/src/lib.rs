@@ -6,7 +6,10 @@
 //! - [`setup`]: turns a config into a test set, a validation set and client data.
 //! - [`runner`]: starts the server, creates the federation, runs the clients.
 //! - [`report`]: the final table and the JSON/CSV files.
+//! - [`export`]: the scenario's data as CSV files plus a server settings file, to run
+//!   the same federation as separate processes.
 
+pub mod export;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -27,6 +27,10 @@ struct Args {
     /// Output directory for report.json, rounds.csv, clients.csv and values.csv.
     #[arg(long, default_value = "fedval-out")]
     out: PathBuf,
+    /// Write the scenario's data (client CSVs, validation.csv, server.toml) into this
+    /// directory and exit, to run the federation as separate processes.
+    #[arg(long, value_name = "DIR")]
+    export_csv: Option<PathBuf>,
     /// Scenario file (JSON or TOML, the fields of SimConfig); flags below override it.
     #[arg(long)]
     scenario: Option<PathBuf>,
@@ -155,6 +159,14 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = config(&args)?;
+    if let Some(dir) = &args.export_csv {
+        let written = fedval_sim::export::export(&config, dir)
+            .with_context(|| format!("exporting the scenario to {}", dir.display()))?;
+        for path in written {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     let opts = SimOptions {
         config,
         server: args.server.clone(),

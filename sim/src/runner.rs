@@ -94,7 +94,7 @@ pub fn federation_config(
     pb::FederationConfig {
         id: id.to_string(),
         enrollment_secret: secret.to_string(),
-        model: Some(fedval_client::task::model_spec_to_proto(&spec)),
+        model: Some(pb::ModelSpec::from(&spec)),
         rounds: config.rounds as u32,
         min_clients: config.clients as u32,
         clients_per_round: 0,
