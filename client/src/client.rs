@@ -29,6 +29,11 @@ pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
 /// Largest model the client agrees to download: 1 GiB (256 Mi parameters).
 pub const MAX_MODEL_BYTES: usize = 1 << 30;
 
+/// Longest a short call (pull a task, heartbeat) may take before it fails with the
+/// retryable [`ClientError::DeadlineExceeded`]; the server long-polls for at most 1 s,
+/// so only a hung connection or server reaches it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The server's answer to an accepted upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UploadAck {
@@ -144,10 +149,11 @@ impl FederationClient {
 
     /// Asks what to do next: train a round, wait, or stop.
     pub async fn pull_task(&mut self) -> Result<Task, ClientError> {
-        let req = self.authed(v1::PullTaskRequest {
+        let mut req = self.authed(v1::PullTaskRequest {
             federation_id: self.federation_id.clone(),
             client_id: self.client_id.clone(),
         });
+        req.set_timeout(CALL_TIMEOUT);
         let task = self.inner.pull_task(req).await?.into_inner();
         Task::from_proto(task, &self.model)
     }
@@ -178,6 +184,14 @@ impl FederationClient {
                 "announced size {total_bytes} bytes does not fit memory"
             ))
         })?;
+        // Refuse a size that does not fit the model before reserving memory for it.
+        let want_bytes = self.model.num_params().saturating_mul(4);
+        if expected != want_bytes {
+            return Err(bad(format!(
+                "announces {expected} bytes but the federation's model has {} parameters ({want_bytes} bytes)",
+                self.model.num_params()
+            )));
+        }
         let mut buf =
             Reassembler::new(expected, MAX_MODEL_BYTES).map_err(|e| bad(e.to_string()))?;
 
@@ -210,14 +224,8 @@ impl FederationClient {
                 "checksum mismatch: announced sha256 {expected_sha}, received bytes hash to {actual_sha}"
             )));
         }
+        // `bytes` has exactly `want_bytes`, checked above: one value per parameter.
         let params = from_le_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
-        let want = self.model.num_params();
-        if params.len() != want {
-            return Err(bad(format!(
-                "has {} parameters but the federation's model needs {want}",
-                params.len()
-            )));
-        }
         check_finite(&params).map_err(|e| bad(e.to_string()))?;
         Ok(params)
     }
@@ -279,10 +287,11 @@ impl FederationClient {
 
     /// Tells the server this node is alive; returns the federation's current round.
     pub async fn heartbeat(&mut self) -> Result<Heartbeat, ClientError> {
-        let req = self.authed(v1::HeartbeatRequest {
+        let mut req = self.authed(v1::HeartbeatRequest {
             federation_id: self.federation_id.clone(),
             client_id: self.client_id.clone(),
         });
+        req.set_timeout(CALL_TIMEOUT);
         let resp = self.inner.heartbeat(req).await?.into_inner();
         Ok(Heartbeat {
             current_round: resp.current_round,
@@ -443,7 +452,7 @@ mod tests {
         let err = c.download_model(1).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "protocol error: model version 1: has 10 parameters but the federation's model needs 9"
+            "protocol error: model version 1: announces 40 bytes but the federation's model has 9 parameters (36 bytes)"
         );
     }
 

@@ -49,9 +49,17 @@ pub fn admin_interceptor(
 
 async fn federation_info(fed: &Federation) -> pb::FederationInfo {
     let (record, clients) = fed.snapshot().await;
+    // A round loop retrying after a failure shows it here; the status word comes first.
+    let status = match fed.loop_error().await {
+        Some(e) => format!(
+            "{} (round loop retrying after an error: {e})",
+            record.status.as_str()
+        ),
+        None => record.status.as_str().to_string(),
+    };
     pb::FederationInfo {
         config: Some(config_summary_proto(&record.config)),
-        status: record.status.as_str().to_string(),
+        status,
         committed_rounds: record.committed_rounds,
         model_version: record.model_version,
         clients: clients
@@ -242,7 +250,13 @@ impl Admin for AdminService {
         } else {
             tokio::spawn(async move {
                 loop {
-                    match events.recv().await {
+                    // Stop as soon as the watcher hangs up, not at the next event (which
+                    // may never come): each watcher holds a task and a subscription.
+                    let received = tokio::select! {
+                        r = events.recv() => r,
+                        _ = tx.closed() => return,
+                    };
+                    match received {
                         Ok(event) => {
                             let last = matches!(event, Event::Ended { .. });
                             if tx.send(Ok(event_to_proto(event))).await.is_err() || last {

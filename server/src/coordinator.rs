@@ -1,12 +1,14 @@
 //! The client-facing `fedval.v1.Coordinator` gRPC service.
 //!
 //! Handlers decode, authenticate, call the federation, and encode. Every client
-//! input is untrusted: sizes are bounded before data is read, tensors are checked
-//! for length, checksum and finiteness, and nothing is acknowledged before it is
-//! durable. Domain errors become statuses in `error.rs` only.
+//! input is untrusted: sizes are bounded before data is read, a client has at most
+//! one upload in progress, an upload must finish before its round's deadline, tensors
+//! are checked for length, checksum and finiteness, and nothing is acknowledged before
+//! it is durable. Domain errors become statuses in `error.rs` only.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fedval_core::tensor::{self, Reassembler};
 use fedval_proto::v1 as pb;
@@ -19,6 +21,12 @@ use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Federation, NextTask, UploadClaim};
 use crate::registry::Registry;
 
+/// Largest model chunk the service sends: well under the 8 MiB clients decode.
+pub const MAX_CHUNK_BYTES: usize = 4 << 20;
+
+/// How long an upload may take to send its header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Implementation of the Coordinator service.
 #[derive(Debug, Clone)]
 pub struct CoordinatorService {
@@ -27,11 +35,12 @@ pub struct CoordinatorService {
 }
 
 impl CoordinatorService {
-    /// A service over `registry` that streams models in chunks of `chunk_bytes`.
+    /// A service over `registry` that streams models in chunks of `chunk_bytes`, clamped
+    /// to `4..=MAX_CHUNK_BYTES` so no chunk exceeds what clients decode.
     pub fn new(registry: Arc<Registry>, chunk_bytes: usize) -> Self {
         CoordinatorService {
             registry,
-            chunk_bytes,
+            chunk_bytes: chunk_bytes.clamp(4, MAX_CHUNK_BYTES),
         }
     }
 
@@ -152,7 +161,16 @@ impl Coordinator for CoordinatorService {
             .map_err(ServiceError::from)?
             .to_string();
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let first = tokio::time::timeout(HEADER_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| {
+                ServiceError::InvalidArgument(format!(
+                    "no UpdateHeader within {} s of opening the upload; send the header first",
+                    HEADER_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(stream_error)?;
+        let header = match first {
             Some(pb::UploadMessage {
                 kind: Some(pb::upload_message::Kind::Header(h)),
             }) => h,
@@ -177,22 +195,21 @@ impl Coordinator for CoordinatorService {
             total_bytes: header.total_bytes,
             sha256: header.sha256.to_ascii_lowercase(),
         };
-        let expected = fed.check_claim(&header.client_id, &claim).await?;
-        let mut data = Reassembler::new(expected, expected).map_err(ServiceError::from)?;
-        while let Some(msg) = stream.message().await? {
-            match msg.kind {
-                Some(pb::upload_message::Kind::Chunk(c)) => {
-                    data.push(c.offset, &c.data).map_err(ServiceError::from)?
-                }
-                _ => {
-                    return Err(ServiceError::InvalidArgument(
-                        "only TensorChunk messages may follow the UpdateHeader".into(),
-                    )
-                    .into());
-                }
-            }
-        }
-        let bytes = data.finish().map_err(ServiceError::from)?;
+        let admitted = fed.check_claim(&header.client_id, &claim).await?;
+        // One upload per client at a time, and none outliving its round: a client cannot
+        // make the server hold many model-sized buffers, or one for ever.
+        let _slot = fed.begin_upload(&header.client_id)?;
+        let bytes = tokio::time::timeout_at(
+            admitted.deadline,
+            receive_tensor(&mut stream, admitted.expected_bytes),
+        )
+        .await
+        .map_err(|_| {
+            ServiceError::FailedPrecondition(format!(
+                "round {} closed before the upload finished (its deadline passed); the update was not accepted",
+                claim.round
+            ))
+        })??;
         let digest = tensor::sha256_hex(&bytes);
         if digest != claim.sha256 {
             return Err(ServiceError::InvalidArgument(format!(
@@ -220,9 +237,46 @@ impl Coordinator for CoordinatorService {
             .await?;
         let (record, _) = fed.snapshot().await;
         Ok(Response::new(pb::HeartbeatResponse {
-            current_round: record.committed_rounds + 1,
+            current_round: record.committed_rounds.saturating_add(1),
             server_time_ms: crate::federation::now_ms(),
         }))
+    }
+}
+
+/// Receives the chunks that follow an upload's header, in order, into `expected` bytes.
+async fn receive_tensor(
+    stream: &mut Streaming<pb::UploadMessage>,
+    expected: usize,
+) -> Result<Vec<u8>, Status> {
+    let mut data = Reassembler::new(expected, expected).map_err(ServiceError::from)?;
+    while let Some(msg) = stream.message().await.map_err(stream_error)? {
+        match msg.kind {
+            Some(pb::upload_message::Kind::Chunk(c)) => {
+                data.push(c.offset, &c.data).map_err(ServiceError::from)?
+            }
+            _ => {
+                return Err(ServiceError::InvalidArgument(
+                    "only TensorChunk messages may follow the UpdateHeader".into(),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(data.finish().map_err(ServiceError::from)?)
+}
+
+/// A failure reading the upload stream; an oversized message (tonic's OUT_OF_RANGE)
+/// becomes RESOURCE_EXHAUSTED with what to do, as DESIGN.md promises.
+fn stream_error(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        ServiceError::ResourceExhausted(format!(
+            "{}; send the tensor in chunks of at most {} bytes",
+            status.message(),
+            fedval_core::tensor::DEFAULT_CHUNK_BYTES
+        ))
+        .into()
+    } else {
+        status
     }
 }
 
@@ -259,4 +313,36 @@ fn task_to_proto(fed: &Federation, task: NextTask) -> pb::Task {
         }),
     };
     pb::Task { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn chunk_size_is_clamped_to_what_clients_decode() {
+        let registry = Registry::open(Store::memory()).expect("registry");
+        assert_eq!(CoordinatorService::new(registry.clone(), 0).chunk_bytes, 4);
+        assert_eq!(
+            CoordinatorService::new(registry.clone(), 64 << 20).chunk_bytes,
+            MAX_CHUNK_BYTES
+        );
+        assert_eq!(
+            CoordinatorService::new(registry, 1 << 20).chunk_bytes,
+            1 << 20
+        );
+    }
+
+    #[test]
+    fn an_oversized_stream_message_is_resource_exhausted() {
+        let s = stream_error(Status::out_of_range("decoded message length too large"));
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            s.message().contains("chunks of at most 1048576 bytes"),
+            "{s:?}"
+        );
+        let s = stream_error(Status::cancelled("gone"));
+        assert_eq!(s.code(), tonic::Code::Cancelled);
+    }
 }

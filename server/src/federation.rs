@@ -7,10 +7,12 @@
 //!
 //! **Invariant:** an update is acknowledged only after `Store::put_update` returned,
 //! i.e. once it is durable; a round's results, its new model and the federation's
-//! progress are committed in one atomic batch.
+//! progress are committed in one atomic batch. Making an update durable and recording
+//! it in the open round happen on their own task, so a client that disconnects mid-way
+//! cannot leave an update on disk that the round does not know about.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -37,6 +39,8 @@ const MAX_METRICS: usize = 64;
 const MAX_METRIC_NAME: usize = 64;
 /// Largest sample count a client may claim (it weighs FedAvg, so it is bounded).
 const MAX_NUM_SAMPLES: u64 = 1 << 40;
+/// Most clients one federation enrolls (each costs a store record and memory).
+pub const MAX_CLIENTS: usize = 100_000;
 
 /// A global model version, kept encoded so downloads are zero-copy slices.
 #[derive(Debug)]
@@ -95,12 +99,42 @@ pub enum NextTask {
 /// What an upload header claims, before its data arrives.
 #[derive(Clone, Debug)]
 pub struct UploadClaim {
+    /// The round the update is for.
     pub round: u64,
+    /// The global model version it was trained from.
     pub model_version: u64,
+    /// Local samples it was trained on (its FedAvg weight).
     pub num_samples: u64,
+    /// Local metrics, by name.
     pub metrics: Vec<(String, f64)>,
+    /// Size of the tensor in bytes.
     pub total_bytes: u64,
+    /// Lower-case hex SHA-256 of the tensor bytes.
     pub sha256: String,
+}
+
+/// An upload header the open round admits: how many bytes to receive, and by when.
+#[derive(Clone, Copy, Debug)]
+pub struct AdmittedClaim {
+    /// Bytes the tensor must have.
+    pub expected_bytes: usize,
+    /// When the round closes: data still arriving then is refused.
+    pub deadline: Instant,
+}
+
+/// Proof that one upload of a client is in progress; at most one exists per client, so
+/// a client cannot make the server hold many model-sized buffers at once. Dropping it
+/// (the upload finished, failed or was cancelled) frees the client's slot.
+#[derive(Debug)]
+pub struct UploadSlot {
+    fed: Arc<Federation>,
+    client_id: String,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        self.fed.uploading().remove(&self.client_id);
+    }
 }
 
 /// Round-level events, fanned out to Admin watchers.
@@ -136,6 +170,8 @@ pub(crate) struct FedState {
     pub by_id: HashMap<String, usize>,
     pub model: Arc<GlobalModel>,
     pub round: Option<OpenRound>,
+    /// The round loop's last failure while it retries; `None` when it is healthy.
+    pub loop_error: Option<String>,
 }
 
 /// A federation hosted by this server.
@@ -145,6 +181,8 @@ pub struct Federation {
     validation: Option<Arc<Dataset>>,
     store: Store,
     pub(crate) state: Mutex<FedState>,
+    /// Clients with an upload in progress (see [`UploadSlot`]).
+    uploading: std::sync::Mutex<HashSet<String>>,
     changed: watch::Sender<u64>,
     events: broadcast::Sender<Event>,
 }
@@ -221,7 +259,9 @@ impl Federation {
                 by_id,
                 model: Arc::new(model),
                 round: None,
+                loop_error: None,
             }),
+            uploading: std::sync::Mutex::new(HashSet::new()),
             changed,
             events,
         }))
@@ -273,6 +313,25 @@ impl Federation {
         (st.record.clone(), st.clients.clone())
     }
 
+    /// The round loop's last failure while it is retrying, `None` when it is healthy.
+    pub async fn loop_error(&self) -> Option<String> {
+        self.state.lock().await.loop_error.clone()
+    }
+
+    /// Records (or clears, with `None`) the round loop's failure and wakes long-pollers
+    /// so clients learn why their round is late.
+    pub(crate) async fn set_loop_error(&self, error: Option<String>) {
+        let changed = {
+            let mut st = self.state.lock().await;
+            let changed = st.loop_error != error;
+            st.loop_error = error;
+            changed
+        };
+        if changed {
+            self.notify();
+        }
+    }
+
     /// Enrolls a client with the federation's secret; returns its id and bearer token.
     pub async fn enroll(
         &self,
@@ -307,6 +366,12 @@ impl Federation {
                 "federation `{}` is {} and takes no new clients",
                 self.config.id,
                 st.record.status.as_str()
+            )));
+        }
+        if st.clients.len() >= MAX_CLIENTS {
+            return Err(ServiceError::ResourceExhausted(format!(
+                "federation `{}` already has {MAX_CLIENTS} clients, the most one federation takes; create another federation",
+                self.config.id
             )));
         }
         if st.clients.iter().any(|c| c.name == name) {
@@ -370,7 +435,7 @@ impl Federation {
             }
             FederationStatus::Waiting | FederationStatus::Running => {}
         }
-        match &st.round {
+        let task = match &st.round {
             Some(r)
                 if !r.closed
                     && r.selected.contains(client_id)
@@ -398,6 +463,12 @@ impl Federation {
                     self.config.min_clients
                 ),
             },
+        };
+        match (task, &st.loop_error) {
+            (NextTask::Wait { reason }, Some(e)) => NextTask::Wait {
+                reason: format!("{reason}; the coordinator is retrying after an error: {e}"),
+            },
+            (task, _) => task,
         }
     }
 
@@ -423,9 +494,13 @@ impl Federation {
     }
 
     /// Checks an upload header against the open round BEFORE its data is received, and
-    /// returns the number of bytes the tensor must have.
-    pub async fn check_claim(&self, client_id: &str, claim: &UploadClaim) -> ServiceResult<usize> {
-        let expected = self.config.model.num_params() * 4;
+    /// returns the number of bytes the tensor must have and when the round closes.
+    pub async fn check_claim(
+        &self,
+        client_id: &str,
+        claim: &UploadClaim,
+    ) -> ServiceResult<AdmittedClaim> {
+        let expected = self.config.model.num_params().saturating_mul(4);
         if claim.total_bytes != expected as u64 {
             return Err(ServiceError::InvalidArgument(format!(
                 "wrong tensor length: the model has {} parameters ({expected} bytes), the header declares {} bytes",
@@ -459,13 +534,53 @@ impl Federation {
             )));
         }
         let st = self.state.lock().await;
-        round_admits(&st, client_id, claim)?;
-        Ok(expected)
+        let deadline = round_admits(&st, client_id, claim)?;
+        Ok(AdmittedClaim {
+            expected_bytes: expected,
+            deadline,
+        })
+    }
+
+    /// Reserves `client_id`'s single upload slot; `ALREADY_EXISTS` while another upload
+    /// of the same client is still being received or stored.
+    pub fn begin_upload(self: &Arc<Self>, client_id: &str) -> ServiceResult<UploadSlot> {
+        if !self.uploading().insert(client_id.to_string()) {
+            return Err(ServiceError::AlreadyExists(format!(
+                "an upload from {client_id} is already in progress; wait for its answer instead of sending the update again"
+            )));
+        }
+        Ok(UploadSlot {
+            fed: self.clone(),
+            client_id: client_id.to_string(),
+        })
+    }
+
+    fn uploading(&self) -> MutexGuard<'_, HashSet<String>> {
+        // The set stays consistent even if a holder panicked.
+        self.uploading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes a fully received, checked update durable and records it in the open round.
     /// Returns only after the update is in the store.
+    ///
+    /// The work runs on its own task: if the caller is cancelled (the client hung up),
+    /// the update is still either both stored and recorded, or neither.
     pub async fn accept_update(
+        self: &Arc<Self>,
+        client_id: &str,
+        claim: UploadClaim,
+        delta: Vec<f32>,
+    ) -> ServiceResult<u64> {
+        let this = self.clone();
+        let client_id = client_id.to_string();
+        tokio::spawn(async move { this.store_update(&client_id, claim, delta).await })
+            .await
+            .map_err(|e| ServiceError::Internal(format!("update task failed: {e}")))?
+    }
+
+    async fn store_update(
         &self,
         client_id: &str,
         claim: UploadClaim,
@@ -473,6 +588,7 @@ impl Federation {
     ) -> ServiceResult<u64> {
         let mut st = self.state.lock().await;
         round_admits(&st, client_id, &claim)?;
+        check_applicable(&st.model, &delta)?;
         let record = UpdateRecord {
             client_id: client_id.to_string(),
             round: claim.round,
@@ -543,9 +659,37 @@ impl Federation {
     }
 }
 
+/// Whether `delta` can be added to `model`: same length, and every sum a finite f32.
+///
+/// Checked per update, this also keeps the aggregate finite: a weighted mean of deltas
+/// lies between their extremes, so `global + mean` lies between finite sums. Without it
+/// one client could push the global model to infinity and break every other client.
+fn check_applicable(model: &GlobalModel, delta: &[f32]) -> ServiceResult<()> {
+    if delta.len() != model.params.len() {
+        return Err(ServiceError::InvalidArgument(format!(
+            "wrong tensor length: the model has {} parameters, the update has {}",
+            model.params.len(),
+            delta.len()
+        )));
+    }
+    match model
+        .params
+        .iter()
+        .zip(delta)
+        .position(|(g, d)| !(g + d).is_finite())
+    {
+        None => Ok(()),
+        Some(index) => Err(ServiceError::InvalidArgument(format!(
+            "update value {} at index {index} overflows the model: added to the global parameter {} it is not a finite f32; send a smaller update",
+            delta.get(index).copied().unwrap_or(f32::NAN),
+            model.params.get(index).copied().unwrap_or(f32::NAN),
+        ))),
+    }
+}
+
 /// Whether the open round takes `claim` from `client_id` (the checks shared by the
-/// pre-data and the commit path).
-fn round_admits(st: &FedState, client_id: &str, claim: &UploadClaim) -> ServiceResult<()> {
+/// pre-data and the commit path); returns the round's deadline.
+fn round_admits(st: &FedState, client_id: &str, claim: &UploadClaim) -> ServiceResult<Instant> {
     if matches!(
         st.record.status,
         FederationStatus::Finished | FederationStatus::Stopped
@@ -593,5 +737,250 @@ fn round_admits(st: &FedState, client_id: &str, claim: &UploadClaim) -> ServiceR
             r.number
         )));
     }
-    Ok(())
+    Ok(r.deadline)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::store::StoreError;
+    use crate::store::kv::{Batch, Entries, KvBackend};
+    use crate::store::memory::MemoryBackend;
+
+    /// A one-client federation without valuation, `rounds` rounds, 9 parameters.
+    pub(crate) fn config(rounds: u64) -> FederationConfig {
+        let config: FederationConfig = toml::from_str(&format!(
+            r#"
+            id = "unit"
+            enrollment_secret = "s"
+            rounds = {rounds}
+            min_clients = 1
+            round_timeout_ms = 600000
+            model = {{ kind = "logistic_regression", num_features = 2, num_classes = 3 }}
+            valuation = {{ method = "none" }}
+            "#
+        ))
+        .expect("config parses");
+        config.validate().expect("config is valid");
+        config
+    }
+
+    /// How the test backend treats commits that write an update or a round.
+    #[derive(Default)]
+    pub(crate) struct Faults {
+        /// Commits of `round/` keys fail (nothing written) while set.
+        pub fail_round_commits: AtomicBool,
+        /// This many `round/` commits are written and THEN reported as failed.
+        pub durable_but_failed: AtomicU32,
+        /// When set, an `update/` commit announces itself here and waits for a go.
+        pub gate: std::sync::Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    /// A memory backend with injectable faults.
+    pub(crate) struct FaultyBackend {
+        inner: MemoryBackend,
+        faults: Arc<Faults>,
+    }
+
+    impl FaultyBackend {
+        pub(crate) fn store(faults: Arc<Faults>) -> Store {
+            Store::with_backend(FaultyBackend {
+                inner: MemoryBackend::new(),
+                faults,
+            })
+        }
+    }
+
+    fn injected() -> StoreError {
+        StoreError::Backend {
+            backend: "test",
+            context: "committing".into(),
+            source: "injected fault".into(),
+        }
+    }
+
+    impl KvBackend for FaultyBackend {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
+            self.inner.scan_prefix(prefix)
+        }
+
+        fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+            let writes = |p: &[u8]| batch.puts.iter().any(|(k, _)| k.starts_with(p));
+            if writes(b"update/") {
+                let gate = self.faults.gate.lock().expect("gate").take();
+                if let Some((started, go)) = gate {
+                    started.send(()).expect("test listens");
+                    go.recv().expect("test releases the write");
+                }
+            }
+            if writes(b"round/") {
+                if self.faults.fail_round_commits.load(Ordering::SeqCst) {
+                    return Err(injected());
+                }
+                let once = self.faults.durable_but_failed.fetch_update(
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                );
+                if once.is_ok() {
+                    self.inner.commit(batch)?;
+                    return Err(injected());
+                }
+            }
+            self.inner.commit(batch)
+        }
+    }
+
+    /// A federation of `rounds` rounds with one enrolled client whose round 1 is open.
+    pub(crate) async fn open_federation(store: Store, rounds: u64) -> (Arc<Federation>, String) {
+        let fed = Federation::create(config(rounds), store).expect("created");
+        let (client, _token) = fed.enroll("s", "alice", 10).await.expect("enrolled");
+        let mut st = fed.state.lock().await;
+        let selected = fed.select(&st.clients, 1);
+        st.round = Some(OpenRound {
+            number: 1,
+            selected,
+            received: BTreeMap::new(),
+            deadline: Instant::now() + Duration::from_secs(600),
+            deadline_wall_ms: now_ms() + 600_000,
+            closed: false,
+        });
+        drop(st);
+        (fed, client)
+    }
+
+    pub(crate) fn claim(round: u64, delta: &[f32]) -> UploadClaim {
+        let bytes = tensor::to_le_bytes(delta);
+        UploadClaim {
+            round,
+            model_version: 0,
+            num_samples: 10,
+            metrics: Vec::new(),
+            total_bytes: bytes.len() as u64,
+            sha256: tensor::sha256_hex(&bytes),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_cancelled_during_its_write_is_still_recorded() {
+        let faults = Arc::new(Faults::default());
+        let (started_tx, started_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel();
+        let (fed, client) = open_federation(FaultyBackend::store(faults.clone()), 2).await;
+        *faults.gate.lock().expect("gate") = Some((started_tx, go_rx));
+
+        let delta = vec![0.5f32; 9];
+        let upload = {
+            let (fed, client, delta) = (fed.clone(), client.clone(), delta.clone());
+            tokio::spawn(async move { fed.accept_update(&client, claim(1, &delta), delta).await })
+        };
+        // The write has started; the client hangs up (its handler future is dropped).
+        tokio::task::spawn_blocking(move || started_rx.recv())
+            .await
+            .expect("join")
+            .expect("the update write starts");
+        upload.abort();
+        assert!(upload.await.expect_err("aborted").is_cancelled());
+        go_tx.send(()).expect("release the write");
+
+        // What is durable is also in the round; a retry is a duplicate, not a second write.
+        let err = fed
+            .accept_update(&client, claim(1, &delta), delta.clone())
+            .await
+            .expect_err("duplicate");
+        assert!(matches!(err, ServiceError::AlreadyExists(_)), "{err}");
+        let st = fed.state.lock().await;
+        let round = st.round.as_ref().expect("round open");
+        let got = round.received.get(&client).expect("recorded in the round");
+        assert_eq!(got.delta.as_slice(), delta.as_slice());
+        let stored = fed.store().list_updates("unit", 1).expect("listed");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].1, delta);
+    }
+
+    #[tokio::test]
+    async fn an_update_that_overflows_the_model_is_refused() {
+        let (fed, client) = open_federation(Store::memory(), 2).await;
+        fed.state.lock().await.model = Arc::new(GlobalModel::new(0, vec![f32::MAX; 9]));
+        let mut delta = vec![0.0f32; 9];
+        delta[4] = f32::MAX;
+        let err = fed
+            .accept_update(&client, claim(1, &delta), delta)
+            .await
+            .expect_err("overflow");
+        assert!(
+            matches!(&err, ServiceError::InvalidArgument(m) if m.contains("index 4") && m.contains("overflows")),
+            "{err}"
+        );
+        assert!(
+            fed.store()
+                .list_updates("unit", 1)
+                .expect("listed")
+                .is_empty()
+        );
+        // A finite sum is fine.
+        let delta = vec![-1.0e38f32; 9];
+        assert_eq!(
+            fed.accept_update(&client, claim(1, &delta), delta)
+                .await
+                .expect("accepted"),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_has_one_upload_slot_at_a_time() {
+        let (fed, client) = open_federation(Store::memory(), 2).await;
+        let slot = fed.begin_upload(&client).expect("first slot");
+        let err = fed.begin_upload(&client).expect_err("second slot");
+        assert!(
+            matches!(&err, ServiceError::AlreadyExists(m) if m.contains("in progress")),
+            "{err}"
+        );
+        let other = fed
+            .begin_upload("client-9999")
+            .expect("others are independent");
+        drop(slot);
+        let _again = fed.begin_upload(&client).expect("freed when dropped");
+        drop(other);
+    }
+
+    #[tokio::test]
+    async fn check_claim_returns_the_round_deadline_and_size() {
+        let (fed, client) = open_federation(Store::memory(), 2).await;
+        let admitted = fed
+            .check_claim(&client, &claim(1, &[0.0; 9]))
+            .await
+            .expect("admitted");
+        assert_eq!(admitted.expected_bytes, 36);
+        let deadline = fed.state.lock().await.round.as_ref().map(|r| r.deadline);
+        assert_eq!(Some(admitted.deadline), deadline);
+    }
+
+    #[tokio::test]
+    async fn wait_reasons_carry_the_round_loop_error() {
+        let (fed, _client) = open_federation(Store::memory(), 2).await;
+        fed.set_loop_error(Some("disk full".into())).await;
+        match fed.next_task("client-9999").await {
+            NextTask::Wait { reason } => assert_eq!(
+                reason,
+                "not selected for round 1; the coordinator is retrying after an error: disk full"
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        fed.set_loop_error(None).await;
+        assert_eq!(
+            fed.next_task("client-9999").await,
+            NextTask::Wait {
+                reason: "not selected for round 1".into()
+            }
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! its loop. Dropping the registry (or calling `shutdown`) ends every loop.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -83,12 +83,16 @@ impl Registry {
 
     fn insert(&self, fed: Arc<Federation>) {
         let handle = tokio::spawn(round_loop::run(fed.clone(), self.shutdown.subscribe()));
-        if let Ok(mut loops) = self.loops.lock() {
-            loops.push(handle);
-        }
-        if let Ok(mut map) = self.federations.write() {
-            map.insert(fed.id().to_string(), fed);
-        }
+        // A poisoned lock only means a panic elsewhere; the collections stay consistent,
+        // and skipping the insert would leave a running loop nobody can reach.
+        self.loops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(handle);
+        self.federations
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(fed.id().to_string(), fed);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Federation>>> {
@@ -100,10 +104,9 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        if let Ok(loops) = self.loops.get_mut() {
-            for handle in loops.drain(..) {
-                handle.abort();
-            }
+        let loops = self.loops.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for handle in loops.drain(..) {
+            handle.abort();
         }
     }
 }

@@ -57,9 +57,24 @@ pub fn close_round(
         .iter()
         .map(|u| (u.delta.as_slice(), u.record.num_samples as f64))
         .collect();
+    // Every update was checked against the model on upload, but restored ones come from
+    // disk: check again rather than let `apply_update` panic on a length mismatch.
+    if let Some(u) = updates.iter().find(|u| u.delta.len() != global.len()) {
+        return Err(ServiceError::Internal(format!(
+            "round {round}: the update of {} has {} values but the model has {}",
+            u.record.client_id,
+            u.delta.len(),
+            global.len()
+        )));
+    }
     let mean =
         fedavg(&weighted).map_err(|e| ServiceError::Internal(format!("aggregation: {e}")))?;
     let params = apply_update(global, &mean);
+    if let Some(index) = params.iter().position(|p| !p.is_finite()) {
+        return Err(ServiceError::Internal(format!(
+            "round {round}: the aggregated model is not finite at index {index}"
+        )));
+    }
 
     let mut metrics = client_metrics(updates);
     if let Some(data) = validation {
@@ -160,4 +175,47 @@ fn client_metrics(updates: &[AcceptedUpdate]) -> Vec<(String, f64)> {
         .filter(|(_, _, w)| *w > 0.0)
         .map(|(name, s, w)| (format!("client_{name}"), s / w))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::federation::tests::config;
+    use crate::store::UpdateRecord;
+
+    fn update(client: &str, delta: Vec<f32>) -> AcceptedUpdate {
+        AcceptedUpdate {
+            record: UpdateRecord {
+                client_id: client.into(),
+                round: 1,
+                model_version: 0,
+                num_samples: 1,
+                metrics: Vec::new(),
+                sha256: String::new(),
+                received_at_ms: 0,
+            },
+            delta: Arc::new(delta),
+        }
+    }
+
+    #[test]
+    fn an_update_of_the_wrong_length_is_an_error_not_a_panic() {
+        let global = vec![0.0f32; 9];
+        let updates = [update("a", vec![1.0; 9]), update("b", vec![1.0; 8])];
+        let err = close_round(&config(1), None, &global, &updates, 1).expect_err("mismatch");
+        assert_eq!(
+            err.to_string(),
+            "internal error: round 1: the update of b has 8 values but the model has 9"
+        );
+    }
+
+    #[test]
+    fn a_non_finite_aggregate_is_refused() {
+        let global = vec![f32::MAX; 9];
+        let updates = [update("a", vec![f32::MAX; 9])];
+        let err = close_round(&config(1), None, &global, &updates, 1).expect_err("overflow");
+        assert!(err.to_string().contains("not finite at index 0"), "{err}");
+    }
 }

@@ -8,23 +8,54 @@
 //!
 //! After a restart the loop reopens round `committed + 1` and reloads every update the
 //! store already holds for it, so nothing acknowledged before the crash is lost.
+//!
+//! A failing step (a storage error while opening, closing or committing a round) does
+//! not end the loop: it is logged, recorded as the federation's `loop_error` (shown by
+//! Admin and in clients' Wait reasons) and retried with capped exponential back-off, so
+//! a transient fault never leaves clients waiting forever. A commit that reached the
+//! disk although it reported failure is adopted, never committed twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{MutexGuard, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{ServiceError, ServiceResult};
-use crate::federation::{AcceptedUpdate, Event, Federation, GlobalModel, OpenRound, now_ms};
+use crate::federation::{
+    AcceptedUpdate, Event, FedState, Federation, GlobalModel, OpenRound, now_ms,
+};
 use crate::round_close::close_round;
-use crate::store::{FederationStatus, RoundRecord};
+use crate::store::{FederationStatus, RoundRecord, StoreError};
+
+/// First delay before a failed step is retried; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest delay between two attempts of a failing step.
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Runs `fed`'s rounds until it finishes, is stopped, or `shutdown` turns true.
-pub(crate) async fn run(fed: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
-    if let Err(e) = drive(&fed, &mut shutdown).await {
-        tracing::error!(federation = %fed.id(), error = %e, "round loop failed; the federation is paused until the server restarts");
+///
+/// The loop runs on its own task so that even a panic is logged and shown as the
+/// federation's error instead of vanishing; aborting this future aborts that task.
+pub(crate) async fn run(fed: Arc<Federation>, shutdown: watch::Receiver<bool>) {
+    let mut inner = AbortOnDrop(tokio::spawn(drive(fed.clone(), shutdown)));
+    if let Err(e) = (&mut inner.0).await
+        && e.is_panic()
+    {
+        let message = format!("round loop panicked: {e}; restart the server to resume");
+        tracing::error!(federation = %fed.id(), error = %message, "round loop died");
+        fed.set_loop_error(Some(message)).await;
+    }
+}
+
+/// Aborts the task when dropped, so cancelling [`run`] cancels the loop too.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -33,29 +64,68 @@ enum Step {
     Exit,
 }
 
-async fn drive(fed: &Arc<Federation>, shutdown: &mut watch::Receiver<bool>) -> ServiceResult<()> {
+/// Back-off before retry number `failures` (1-based): doubling from [`RETRY_FIRST`],
+/// capped at [`RETRY_MAX`].
+fn retry_delay(failures: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
+}
+
+async fn drive(fed: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = fed.subscribe_changes();
+    let mut failures = 0u32;
     loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return;
         }
-        match open_or_finish(fed).await? {
-            Some(Step::Exit) => return Ok(()),
-            Some(Step::Continue) => {}
-            None => {
-                // Not enough clients yet: wait for an enrollment.
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    _ = shutdown.changed() => return Ok(()),
+        match step(&fed, &mut changes, &mut shutdown).await {
+            Ok(Step::Exit) => return,
+            Ok(Step::Continue) => {
+                if failures > 0 {
+                    tracing::info!(federation = %fed.id(), failures, "round loop recovered");
+                    fed.set_loop_error(None).await;
+                    failures = 0;
                 }
-                continue;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let delay = retry_delay(failures);
+                tracing::error!(federation = %fed.id(), error = %e, failures, ?delay, "round loop step failed; retrying");
+                fed.set_loop_error(Some(e.to_string())).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
         }
-        if let Step::Exit = collect(fed, &mut changes, shutdown).await {
-            return Ok(());
-        }
-        close_and_commit(fed).await?;
     }
+}
+
+/// One pass: open (or finish), collect, close and commit a round.
+async fn step(
+    fed: &Arc<Federation>,
+    changes: &mut watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> ServiceResult<Step> {
+    match open_or_finish(fed).await? {
+        Some(Step::Exit) => return Ok(Step::Exit),
+        Some(Step::Continue) => {}
+        None => {
+            // Not enough clients yet: wait for an enrollment.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = shutdown.changed() => return Ok(Step::Exit),
+            }
+            return Ok(Step::Continue);
+        }
+    }
+    if let Step::Exit = collect(fed, changes, shutdown).await {
+        return Ok(Step::Exit);
+    }
+    close_and_commit(fed).await?;
+    Ok(Step::Continue)
 }
 
 /// Finishes the federation, or makes sure a round is open. `None`: waiting for clients.
@@ -109,6 +179,13 @@ async fn open_or_finish(fed: &Arc<Federation>) -> ServiceResult<Option<Step>> {
             },
         );
     }
+    // Persist `running` before the round exists, so a failed write leaves no half-open state.
+    if st.record.status == FederationStatus::Waiting {
+        let mut rec = st.record.clone();
+        rec.status = FederationStatus::Running;
+        fed.store().put_federation(&rec)?;
+        st.record = rec;
+    }
     let timeout = Duration::from_millis(config.round_timeout_ms);
     let restored = received.len();
     st.round = Some(OpenRound {
@@ -116,15 +193,9 @@ async fn open_or_finish(fed: &Arc<Federation>) -> ServiceResult<Option<Step>> {
         selected: selected.clone(),
         received,
         deadline: Instant::now() + timeout,
-        deadline_wall_ms: now_ms() + config.round_timeout_ms,
+        deadline_wall_ms: now_ms().saturating_add(config.round_timeout_ms),
         closed: false,
     });
-    if st.record.status == FederationStatus::Waiting {
-        let mut rec = st.record.clone();
-        rec.status = FederationStatus::Running;
-        fed.store().put_federation(&rec)?;
-        st.record = rec;
-    }
     drop(st);
     tracing::info!(federation = %fed.id(), round = number, selected = selected.len(), restored, "round opened");
     fed.emit(Event::RoundStarted {
@@ -222,9 +293,15 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
         new_model.params.clone(),
         fed_rec.clone(),
     );
-    tokio::task::spawn_blocking(move || store.commit_round(&id, &rec2, &params, &fed_rec2))
-        .await
-        .map_err(|e| ServiceError::Internal(format!("commit task failed: {e}")))??;
+    let committed =
+        tokio::task::spawn_blocking(move || store.commit_round(&id, &rec2, &params, &fed_rec2))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("commit task failed: {e}")))?;
+    match committed {
+        Ok(()) => {}
+        Err(StoreError::Conflict { .. }) => return adopt_committed(fed, st, number),
+        Err(e) => return Err(e.into()),
+    }
     st.record = fed_rec;
     st.model = Arc::new(new_model);
     st.round = None;
@@ -239,4 +316,189 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     fed.emit(Event::RoundCommitted(Box::new(record)));
     fed.notify();
     Ok(())
+}
+
+/// Round `number` is already in the store (an earlier attempt's commit reached the disk
+/// although it reported a failure): take the stored round and model instead of
+/// committing twice, and make the federation record agree with them.
+fn adopt_committed(
+    fed: &Arc<Federation>,
+    mut st: MutexGuard<'_, FedState>,
+    number: u64,
+) -> ServiceResult<()> {
+    let store = fed.store();
+    let record = store
+        .list_rounds(fed.id())?
+        .into_iter()
+        .find(|r| r.round == number)
+        .ok_or_else(|| {
+            ServiceError::Internal(format!(
+                "committing round {number} conflicts, yet no record of it is stored"
+            ))
+        })?;
+    let params = store
+        .get_model(fed.id(), record.model_version)?
+        .ok_or_else(|| {
+            ServiceError::Internal(format!(
+                "model version {} of committed round {number} is missing from the store",
+                record.model_version
+            ))
+        })?;
+    // The in-memory status wins: it carries a stop that happened meanwhile.
+    let mut fed_rec = st.record.clone();
+    fed_rec.committed_rounds = number;
+    fed_rec.model_version = record.model_version;
+    store.put_federation(&fed_rec)?;
+    st.model = Arc::new(GlobalModel::new(record.model_version, params));
+    st.record = fed_rec;
+    st.round = None;
+    drop(st);
+    tracing::warn!(federation = %fed.id(), round = number, "round was already committed; adopted the stored result");
+    fed.emit(Event::RoundCommitted(Box::new(record)));
+    fed.notify();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::federation::tests::{Faults, FaultyBackend, claim, config};
+    use crate::federation::{Federation, NextTask};
+    use crate::store::Store;
+
+    /// Waits (bounded, as a guard against a hang) until `f` holds after a change.
+    async fn until<F: std::future::Future<Output = bool>>(
+        fed: &Federation,
+        mut f: impl FnMut() -> F,
+    ) {
+        let mut changes = fed.subscribe_changes();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !f().await {
+                let _ = changes.changed().await;
+            }
+        })
+        .await
+        .expect("condition reached");
+    }
+
+    async fn committed_event(events: &mut broadcast::Receiver<Event>) -> RoundRecord {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await
+                .expect("an event arrives")
+                .expect("channel open")
+            {
+                Event::RoundCommitted(r) => return *r,
+                _ => continue,
+            }
+        }
+    }
+
+    /// A one-client federation with its loop running, and the client's id.
+    async fn running(
+        store: Store,
+        rounds: u64,
+    ) -> (Arc<Federation>, String, watch::Sender<bool>, JoinHandle<()>) {
+        let fed = Federation::create(config(rounds), store).expect("created");
+        let (client, _) = fed.enroll("s", "alice", 10).await.expect("enrolled");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(run(fed.clone(), stop_rx));
+        (fed, client, stop_tx, handle)
+    }
+
+    async fn upload_when_asked(fed: &Arc<Federation>, client: &str, round: u64) {
+        until(fed, || async {
+            matches!(fed.next_task(client).await, NextTask::Train { round: r, .. } if r == round)
+        })
+        .await;
+        let delta = vec![0.25f32; 9];
+        let mut c = claim(round, &delta);
+        c.model_version = fed.state.lock().await.model.version;
+        fed.accept_update(client, c, delta).await.expect("accepted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_commit_is_retried_and_shown_until_it_succeeds() {
+        let faults = Arc::new(Faults::default());
+        faults.fail_round_commits.store(true, Ordering::SeqCst);
+        let (fed, client, stop, handle) = running(FaultyBackend::store(faults.clone()), 1).await;
+        let mut events = fed.subscribe_events();
+        upload_when_asked(&fed, &client, 1).await;
+
+        // The loop does not die: it records the error and keeps trying.
+        until(&fed, || async { fed.loop_error().await.is_some() }).await;
+        let error = fed.loop_error().await.expect("error shown");
+        assert!(error.contains("injected fault"), "{error}");
+        assert!(!handle.is_finished(), "the round loop is still alive");
+        match fed.next_task(&client).await {
+            NextTask::Wait { reason } => assert!(reason.contains("injected fault"), "{reason}"),
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // The fault clears: the round commits with the accepted update, exactly once.
+        faults.fail_round_commits.store(false, Ordering::SeqCst);
+        let record = committed_event(&mut events).await;
+        assert_eq!(
+            (record.round, record.participants),
+            (1, vec![client.clone()])
+        );
+        until(&fed, || async { fed.loop_error().await.is_none() }).await;
+        let (rec, _) = fed.snapshot().await;
+        assert_eq!(
+            (rec.committed_rounds, rec.status),
+            (1, FederationStatus::Finished)
+        );
+        assert_eq!(fed.store().list_rounds("unit").expect("rounds").len(), 1);
+        let _ = stop.send(true);
+        handle.await.expect("loop ends");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_reached_the_disk_is_adopted_not_repeated() {
+        let faults = Arc::new(Faults::default());
+        faults.durable_but_failed.store(1, Ordering::SeqCst);
+        let (fed, client, stop, handle) = running(FaultyBackend::store(faults.clone()), 2).await;
+        let mut events = fed.subscribe_events();
+        upload_when_asked(&fed, &client, 1).await;
+        let first = committed_event(&mut events).await;
+        assert_eq!(first.round, 1);
+        {
+            let st = fed.state.lock().await;
+            assert_eq!((st.record.committed_rounds, st.model.version), (1, 1));
+            assert_eq!(st.record.model_version, 1);
+        }
+        let stored = fed
+            .store()
+            .get_federation("unit")
+            .expect("read")
+            .expect("exists");
+        assert_eq!((stored.committed_rounds, stored.model_version), (1, 1));
+
+        // The federation goes on to round 2 and finishes.
+        upload_when_asked(&fed, &client, 2).await;
+        let second = committed_event(&mut events).await;
+        assert_eq!(second.round, 2);
+        let rounds: Vec<u64> = fed
+            .store()
+            .list_rounds("unit")
+            .expect("rounds")
+            .iter()
+            .map(|r| r.round)
+            .collect();
+        assert_eq!(rounds, vec![1, 2]);
+        let _ = stop.send(true);
+        handle.await.expect("loop ends");
+    }
+
+    #[test]
+    fn retry_delay_doubles_and_is_capped() {
+        let got: Vec<u128> = (1..=5).map(|f| retry_delay(f).as_millis()).collect();
+        assert_eq!(got, vec![100, 200, 400, 800, 1600]);
+        assert_eq!(retry_delay(40), RETRY_MAX);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
 }

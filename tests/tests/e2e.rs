@@ -11,4 +11,5 @@ mod e2e {
     mod large_model;
     mod restart;
     mod simulator;
+    mod upload_limits;
 }

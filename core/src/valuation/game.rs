@@ -264,23 +264,8 @@ impl<G: IncrementalGame> Metered<G> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::valuation::games::Counting;
     use crate::valuation::games::{Additive, Majority};
-
-    /// Counts calls to the inner game, independently of the meter.
-    struct Counting<G> {
-        game: G,
-        calls: u64,
-    }
-
-    impl<G: Game> Game for Counting<G> {
-        fn n_players(&self) -> usize {
-            self.game.n_players()
-        }
-        fn value(&mut self, coalition: &Coalition) -> f64 {
-            self.calls += 1;
-            self.game.value(coalition)
-        }
-    }
 
     fn additive() -> Counting<Additive> {
         Counting {

@@ -380,3 +380,23 @@ mod tests {
         }
     }
 }
+
+/// Wraps a game and counts every call to [`Game::value`], independently of any meter:
+/// the ground truth for "no estimator spends more than its budget".
+#[derive(Clone, Debug)]
+pub struct Counting<G> {
+    /// The wrapped game.
+    pub game: G,
+    /// Calls of `value` so far.
+    pub calls: u64,
+}
+
+impl<G: Game> Game for Counting<G> {
+    fn n_players(&self) -> usize {
+        self.game.n_players()
+    }
+    fn value(&mut self, coalition: &Coalition) -> f64 {
+        self.calls += 1;
+        self.game.value(coalition)
+    }
+}

@@ -153,27 +153,12 @@ fn walk<G: IncrementalGame>(
 mod tests {
     use super::*;
     use crate::valuation::exact::tests::soum_strategy;
+    use crate::valuation::games::Counting;
     use crate::valuation::games::{Airport, Glove, Soum};
-    use crate::valuation::{Coalition, Game, Tracked, exact_shapley};
+    use crate::valuation::{Game, Tracked, exact_shapley};
     use proptest::prelude::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-
-    /// Counts calls to the inner game, independently of the meter.
-    struct Counting<G> {
-        game: G,
-        calls: u64,
-    }
-
-    impl<G: Game> Game for Counting<G> {
-        fn n_players(&self) -> usize {
-            self.game.n_players()
-        }
-        fn value(&mut self, coalition: &Coalition) -> f64 {
-            self.calls += 1;
-            self.game.value(coalition)
-        }
-    }
 
     fn run(game: impl Game, budget: u64, antithetic: bool, seed: u64) -> Valuation {
         PermutationSampling { budget, antithetic }

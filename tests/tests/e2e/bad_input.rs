@@ -161,81 +161,98 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
         .expect("valid upload");
     assert_eq!((ack.round, ack.accepted), (1, true));
 
-    // A second update for the same round.
-    assert_status(
-        RawUpload::valid(FED, &a, 1, 0, &good)
-            .send(&mut raw, &token_a)
-            .await,
-        Code::AlreadyExists,
-        "already accepted",
-    );
-    // Uploading as Alice with Bob's token.
-    assert_status(
-        RawUpload::valid(FED, &a, 1, 0, &good)
-            .send(&mut raw, &token_b)
-            .await,
-        Code::PermissionDenied,
-        &b,
-    );
-    // Wrong tensor length, declared in the header.
-    assert_status(
-        RawUpload::valid(FED, &b, 1, 0, &good[..params - 1])
-            .send(&mut raw, &token_b)
-            .await,
-        Code::InvalidArgument,
-        "wrong tensor length",
-    );
-    // Fewer bytes than declared.
-    let mut short = RawUpload::valid(FED, &b, 1, 0, &good);
+    // Each malformed upload: what it is, the upload, whose token, the expected status and
+    // a word the message must contain.
+    let upload = |client: &str, round: u64, version: u64, values: &[f32]| {
+        RawUpload::valid(FED, client, round, version, values)
+    };
+    let mut short = upload(&b, 1, 0, &good);
     short.chunks[0].1.truncate(100);
-    assert_status(
-        short.send(&mut raw, &token_b).await,
-        Code::InvalidArgument,
-        "",
-    );
-    // More bytes than declared: oversized.
-    let mut long = RawUpload::valid(FED, &b, 1, 0, &good);
+    let mut long = upload(&b, 1, 0, &good);
     long.chunks.push((params as u64 * 4, vec![0u8; 4096]));
-    assert_status(
-        long.send(&mut raw, &token_b).await,
-        Code::ResourceExhausted,
-        "",
-    );
-    // NaN and infinity.
-    for bad in [f32::NAN, f32::INFINITY] {
+    let mut corrupt = upload(&b, 1, 0, &good);
+    corrupt.chunks[0].1[5] ^= 0xff;
+    let with_value = |bad: f32| {
         let mut values = good.clone();
         values[17] = bad;
-        assert_status(
-            RawUpload::valid(FED, &b, 1, 0, &values)
-                .send(&mut raw, &token_b)
-                .await,
+        upload(&b, 1, 0, &values)
+    };
+    let cases = vec![
+        (
+            "second update for a round",
+            upload(&a, 1, 0, &good),
+            &token_a,
+            Code::AlreadyExists,
+            "already accepted",
+        ),
+        (
+            "acting as another client",
+            upload(&a, 1, 0, &good),
+            &token_b,
+            Code::PermissionDenied,
+            b.as_str(),
+        ),
+        (
+            "wrong length in the header",
+            upload(&b, 1, 0, &good[..params - 1]),
+            &token_b,
+            Code::InvalidArgument,
+            "wrong tensor length",
+        ),
+        (
+            "fewer bytes than declared",
+            short,
+            &token_b,
+            Code::InvalidArgument,
+            "incomplete",
+        ),
+        (
+            "more bytes than declared",
+            long,
+            &token_b,
+            Code::ResourceExhausted,
+            "overflow",
+        ),
+        (
+            "a NaN",
+            with_value(f32::NAN),
+            &token_b,
             Code::InvalidArgument,
             "17",
-        );
+        ),
+        (
+            "an infinity",
+            with_value(f32::INFINITY),
+            &token_b,
+            Code::InvalidArgument,
+            "17",
+        ),
+        (
+            "checksum mismatch",
+            corrupt,
+            &token_b,
+            Code::InvalidArgument,
+            "checksum",
+        ),
+        (
+            "a future round",
+            upload(&b, 2, 0, &good),
+            &token_b,
+            Code::InvalidArgument,
+            "has not started",
+        ),
+        (
+            "a stale model version",
+            upload(&b, 1, 3, &good),
+            &token_b,
+            Code::InvalidArgument,
+            "model version",
+        ),
+    ];
+    for (what, bad, token, code, needle) in cases {
+        eprintln!("case: {what}");
+        assert_status(bad.send(&mut raw, token).await, code, needle);
     }
-    // Checksum mismatch.
-    let mut corrupt = RawUpload::valid(FED, &b, 1, 0, &good);
-    corrupt.chunks[0].1[5] ^= 0xff;
-    assert_status(
-        corrupt.send(&mut raw, &token_b).await,
-        Code::InvalidArgument,
-        "checksum",
-    );
-    // A future round, and a stale model version.
-    assert_status(
-        RawUpload::valid(FED, &b, 2, 0, &good)
-            .send(&mut raw, &token_b)
-            .await,
-        Code::InvalidArgument,
-        "has not started",
-    );
-    assert_status(
-        RawUpload::valid(FED, &b, 1, 3, &good)
-            .send(&mut raw, &token_b)
-            .await,
-        Code::InvalidArgument,
-        "model version",
-    );
     // An upload that does not start with a header.
     let chunk_only = vec![pb::UploadMessage {
         kind: Some(pb::upload_message::Kind::Chunk(pb::TensorChunk {
@@ -263,14 +280,7 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
         .expect("watch")
         .into_inner();
     let rounds = loop {
-        let rounds = admin
-            .list_rounds(pb::ListRoundsRequest {
-                federation_id: FED.into(),
-            })
-            .await
-            .expect("rounds")
-            .into_inner()
-            .rounds;
+        let rounds = list_rounds(&mut admin, FED).await;
         if !rounds.is_empty() {
             break rounds;
         }

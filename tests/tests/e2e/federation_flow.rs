@@ -43,14 +43,7 @@ async fn five_clients_five_rounds_exact_shapley() {
         assert_eq!(summary.rounds_trained, 5);
     }
 
-    let rounds = admin
-        .list_rounds(pb::ListRoundsRequest {
-            federation_id: "flow".into(),
-        })
-        .await
-        .expect("rounds")
-        .into_inner()
-        .rounds;
+    let rounds = list_rounds(&mut admin, "flow").await;
     assert_eq!(
         rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]
@@ -70,14 +63,7 @@ async fn five_clients_five_rounds_exact_shapley() {
             r.round
         );
         assert_eq!(r.evaluations, 1 << 5);
-        // Efficiency of exact Shapley: the values add up to v(N) - v(empty).
-        let sum: f64 = r.values.iter().map(|v| v.value).sum();
-        let gain = r.utility_full - r.utility_empty;
-        assert!(
-            (sum - gain).abs() < 1e-9,
-            "round {}: sum {sum} vs v(N)-v(0) {gain}",
-            r.round
-        );
+        assert_efficient(r);
         // v(N) is the validation accuracy of the round's new model.
         assert!((r.utility_full - metric(r, "val_accuracy")).abs() < 1e-12);
     }

@@ -161,14 +161,7 @@ async fn restart_resumes_at_the_last_committed_round() {
             .expect("node run");
         assert_eq!(summary.final_model_version, 5);
     }
-    let rounds = admin
-        .list_rounds(pb::ListRoundsRequest {
-            federation_id: "restart".into(),
-        })
-        .await
-        .expect("rounds")
-        .into_inner()
-        .rounds;
+    let rounds = list_rounds(&mut admin, "restart").await;
     assert_eq!(
         rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]
@@ -185,8 +178,7 @@ async fn restart_resumes_at_the_last_committed_round() {
     }
     for r in &rounds {
         assert_eq!(r.model_version, r.round);
-        let sum: f64 = r.values.iter().map(|v| v.value).sum();
-        assert!((sum - (r.utility_full - r.utility_empty)).abs() < 1e-9);
+        assert_efficient(r);
     }
     server.crash();
 }

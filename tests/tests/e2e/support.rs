@@ -138,3 +138,29 @@ pub fn metric(r: &pb::RoundRecord, name: &str) -> f64 {
         .find(|m| m.name == name)
         .map_or(f64::NAN, |m| m.value)
 }
+
+/// The committed rounds of `federation`.
+pub async fn list_rounds(
+    admin: &mut fedval_sim::runner::Admin,
+    federation: &str,
+) -> Vec<pb::RoundRecord> {
+    admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation_id: federation.into(),
+        })
+        .await
+        .expect("list rounds")
+        .into_inner()
+        .rounds
+}
+
+/// Efficiency of exact Shapley: a round's values add up to v(N) - v(empty).
+pub fn assert_efficient(r: &pb::RoundRecord) {
+    let sum: f64 = r.values.iter().map(|v| v.value).sum();
+    let gain = r.utility_full - r.utility_empty;
+    assert!(
+        (sum - gain).abs() < 1e-9,
+        "round {}: values sum to {sum}, v(N) - v(empty) = {gain}",
+        r.round
+    );
+}
