@@ -76,7 +76,12 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Unavailable(_) | Self::DeadlineExceeded(_) | Self::Transport { .. }
+            Self::Unavailable(_)
+                | Self::DeadlineExceeded(_)
+                | Self::Transport { .. }
+                // The server reports storage failures as INTERNAL: nothing was
+                // acknowledged, and the call may succeed once it recovers.
+                | Self::Other { code: Code::Internal, .. }
         )
     }
 
@@ -175,7 +180,7 @@ mod tests {
 
     #[test]
     fn only_transient_failures_are_retryable() {
-        let retryable = [Code::Unavailable, Code::DeadlineExceeded];
+        let retryable = [Code::Unavailable, Code::DeadlineExceeded, Code::Internal];
         for code in [
             Code::Unauthenticated,
             Code::PermissionDenied,

@@ -49,17 +49,10 @@ pub fn admin_interceptor(
 
 async fn federation_info(fed: &Federation) -> pb::FederationInfo {
     let (record, clients) = fed.snapshot().await;
-    // A round loop retrying after a failure shows it here; the status word comes first.
-    let status = match fed.loop_error().await {
-        Some(e) => format!(
-            "{} (round loop retrying after an error: {e})",
-            record.status.as_str()
-        ),
-        None => record.status.as_str().to_string(),
-    };
     pb::FederationInfo {
         config: Some(config_summary_proto(&record.config)),
-        status,
+        status: record.status.as_str().to_string(),
+        last_error: fed.loop_error().await.unwrap_or_default(),
         committed_rounds: record.committed_rounds,
         model_version: record.model_version,
         clients: clients
