@@ -9,6 +9,7 @@ mod e2e {
     mod bad_input;
     mod federation_flow;
     mod large_model;
+    mod many_federations;
     mod restart;
     mod simulator;
     mod upload_limits;
