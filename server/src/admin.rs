@@ -53,6 +53,9 @@ async fn federation_info(fed: &Federation) -> pb::FederationInfo {
         config: Some(config_summary_proto(&record.config)),
         status: record.status.as_str().to_string(),
         last_error: fed.loop_error().await.unwrap_or_default(),
+        valued_rounds: record
+            .committed_rounds
+            .saturating_sub(fed.pending_valuations().await),
         committed_rounds: record.committed_rounds,
         model_version: record.model_version,
         clients: clients
@@ -98,6 +101,8 @@ pub fn round_to_proto(r: &RoundRecord) -> pb::RoundRecord {
         utility_full: r.utility_full,
         utility_empty: r.utility_empty,
         valuation_ms: r.valuation_ms,
+        valuation_status: r.valuation_status.describe(),
+        valuation_stop: r.valuation_stop.clone(),
     }
 }
 
@@ -108,6 +113,7 @@ fn event_to_proto(event: Event) -> pb::FederationEvent {
             Kind::RoundStarted(pb::RoundStarted { round, selected })
         }
         Event::RoundCommitted(r) => Kind::RoundCommitted(round_to_proto(&r)),
+        Event::RoundValued(r) => Kind::RoundValued(round_to_proto(&r)),
         Event::Ended {
             status,
             committed_rounds,

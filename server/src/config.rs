@@ -20,6 +20,8 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_SECRET_LEN: usize = 256;
 /// Most rounds a federation may run.
 pub const MAX_ROUNDS: u64 = 100_000;
+/// Most threads a federation's valuation may use.
+pub const MAX_VALUATION_THREADS: usize = 256;
 /// Shortest round timeout, in milliseconds.
 pub const MIN_ROUND_TIMEOUT_MS: u64 = 100;
 /// Longest round timeout (one day), in milliseconds.
@@ -130,6 +132,25 @@ pub struct ValuationConfig {
     pub seed: u64,
     /// Utility of a coalition model on the validation set.
     pub metric: UtilityMetric,
+    /// TMC-Shapley truncation: a permutation stops once |v(prefix) - v(N)| <= tolerance
+    /// |v(N)| (0 disables truncation).
+    pub tolerance: f64,
+    /// GTG-Shapley between-round truncation: a round with |v(N) - v(empty)| <= this is
+    /// valued all zero without sampling.
+    pub round_tolerance: f64,
+    /// GTG-Shapley within-round truncation: once |v(N) - v(prefix)| < this, the rest of a
+    /// permutation's marginals are zero.
+    pub within_tolerance: f64,
+    /// Beta(alpha, beta)-Shapley's first shape parameter.
+    pub beta_alpha: f64,
+    /// Beta(alpha, beta)-Shapley's second shape parameter.
+    pub beta_beta: f64,
+    /// Threads that evaluate utilities in parallel (0: every core).
+    pub threads: usize,
+    /// How many committed rounds may wait for their valuation while training goes on;
+    /// the round loop holds the next round back beyond that (0: value every round before
+    /// the next one opens).
+    pub max_lag_rounds: u64,
 }
 
 impl Default for ValuationConfig {
@@ -140,6 +161,13 @@ impl Default for ValuationConfig {
             budget: 2000,
             seed: 0,
             metric: UtilityMetric::Accuracy,
+            tolerance: 0.01,
+            round_tolerance: 0.001,
+            within_tolerance: 0.001,
+            beta_alpha: 16.0,
+            beta_beta: 1.0,
+            threads: 0,
+            max_lag_rounds: 1,
         }
     }
 }
@@ -155,27 +183,66 @@ pub enum ValuationMethod {
     Exact,
     /// Monte Carlo permutation sampling within `budget` evaluations.
     Permutation,
+    /// Permutation sampling walking each permutation and its reverse.
+    PermutationAntithetic,
+    /// Truncated Monte Carlo Shapley (`tolerance`).
+    Tmc,
+    /// GTG-Shapley (`round_tolerance`, `within_tolerance`).
+    Gtg,
+    /// SVARM.
+    Svarm,
+    /// Stratified SVARM.
+    StratifiedSvarm,
+    /// Stratified SVARM+ (without replacement; exact once `budget` covers 2^n).
+    StratifiedSvarmPlus,
+    /// Leave-one-out values (n + 1 evaluations; not Shapley values).
+    LeaveOneOut,
+    /// Banzhaf values by maximum sample reuse (not Shapley values).
+    Banzhaf,
+    /// Beta(`beta_alpha`, `beta_beta`)-Shapley values.
+    BetaShapley,
     /// No valuation (no validation set needed).
     None,
 }
 
 impl ValuationMethod {
     /// Every method with its configuration spelling, for parsing and error messages.
-    pub const ALL: [(ValuationMethod, &'static str); 4] = [
+    pub const ALL: [(ValuationMethod, &'static str); 13] = [
         (ValuationMethod::Auto, "auto"),
         (ValuationMethod::Exact, "exact"),
         (ValuationMethod::Permutation, "permutation"),
+        (
+            ValuationMethod::PermutationAntithetic,
+            "permutation_antithetic",
+        ),
+        (ValuationMethod::Tmc, "tmc"),
+        (ValuationMethod::Gtg, "gtg"),
+        (ValuationMethod::Svarm, "svarm"),
+        (ValuationMethod::StratifiedSvarm, "stratified_svarm"),
+        (
+            ValuationMethod::StratifiedSvarmPlus,
+            "stratified_svarm_plus",
+        ),
+        (ValuationMethod::LeaveOneOut, "leave_one_out"),
+        (ValuationMethod::Banzhaf, "banzhaf"),
+        (ValuationMethod::BetaShapley, "beta_shapley"),
         (ValuationMethod::None, "none"),
     ];
 
-    /// The configuration spelling (`"auto"`, `"exact"`, `"permutation"`, `"none"`).
+    /// The configuration spelling (`"auto"`, `"exact"`, `"stratified_svarm"`, ...).
     pub fn as_str(self) -> &'static str {
-        match self {
-            ValuationMethod::Auto => "auto",
-            ValuationMethod::Exact => "exact",
-            ValuationMethod::Permutation => "permutation",
-            ValuationMethod::None => "none",
-        }
+        Self::ALL
+            .iter()
+            .find(|(m, _)| *m == self)
+            .map_or("none", |(_, name)| *name)
+    }
+
+    /// Whether the method samples (and so needs a budget of at least 2 evaluations).
+    pub fn samples(self) -> bool {
+        !matches!(
+            self,
+            ValuationMethod::Exact | ValuationMethod::LeaveOneOut | ValuationMethod::None
+        )
     }
 }
 
@@ -331,11 +398,7 @@ impl FederationConfig {
             1,
             MAX_EXACT_PLAYERS,
         )?;
-        let samples = matches!(
-            v.method,
-            ValuationMethod::Auto | ValuationMethod::Permutation
-        );
-        if samples && v.budget < 2 {
+        if v.method.samples() && v.budget < 2 {
             return Err(ConfigError::new(
                 "valuation.budget",
                 format!(
@@ -345,6 +408,31 @@ impl FederationConfig {
                 ),
             ));
         }
+        for (field, value) in [
+            ("valuation.tolerance", v.tolerance),
+            ("valuation.round_tolerance", v.round_tolerance),
+            ("valuation.within_tolerance", v.within_tolerance),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be a finite number >= 0, got {value}"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("valuation.beta_alpha", v.beta_alpha),
+            ("valuation.beta_beta", v.beta_beta),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be a finite number > 0, got {value}"),
+                ));
+            }
+        }
+        check_range("valuation.threads", v.threads, 0, MAX_VALUATION_THREADS)?;
+        check_range("valuation.max_lag_rounds", v.max_lag_rounds, 0, MAX_ROUNDS)?;
         Ok(())
     }
 }
@@ -720,7 +808,8 @@ mod tests {
                     exact_max_players: 12,
                     budget: 500,
                     seed: 0,
-                    metric: UtilityMetric::NegLogLoss
+                    metric: UtilityMetric::NegLogLoss,
+                    ..ValuationConfig::default()
                 },
                 validation: Some(ValidationData {
                     num_features: 2,

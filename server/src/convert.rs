@@ -105,17 +105,23 @@ impl TryFrom<&proto::ValuationConfig> for ValuationConfig {
             d.method,
         )?;
         let metric = parse_choice("valuation.metric", &p.metric, &UtilityMetric::ALL, d.metric)?;
-        let samples = matches!(method, ValuationMethod::Auto | ValuationMethod::Permutation);
         Ok(Self {
             method,
             exact_max_players: or_default(p.exact_max_players as usize, d.exact_max_players),
-            budget: if samples {
+            budget: if method.samples() {
                 or_default(p.budget, d.budget)
             } else {
                 p.budget
             },
             seed: p.seed,
             metric,
+            tolerance: p.tolerance.unwrap_or(d.tolerance),
+            round_tolerance: p.round_tolerance.unwrap_or(d.round_tolerance),
+            within_tolerance: p.within_tolerance.unwrap_or(d.within_tolerance),
+            beta_alpha: p.beta_alpha.unwrap_or(d.beta_alpha),
+            beta_beta: p.beta_beta.unwrap_or(d.beta_beta),
+            threads: p.threads.map_or(d.threads, |t| t as usize),
+            max_lag_rounds: p.max_lag_rounds.unwrap_or(d.max_lag_rounds),
         })
     }
 }
@@ -128,6 +134,13 @@ impl From<&ValuationConfig> for proto::ValuationConfig {
             budget: v.budget,
             seed: v.seed,
             metric: v.metric.as_str().to_string(),
+            tolerance: Some(v.tolerance),
+            round_tolerance: Some(v.round_tolerance),
+            within_tolerance: Some(v.within_tolerance),
+            beta_alpha: Some(v.beta_alpha),
+            beta_beta: Some(v.beta_beta),
+            threads: Some(to_u32(v.threads)),
+            max_lag_rounds: Some(v.max_lag_rounds),
         }
     }
 }
@@ -241,6 +254,13 @@ mod tests {
                 budget: 0,
                 seed: 5,
                 metric: UtilityMetric::NegLogLoss,
+                tolerance: 0.02,
+                round_tolerance: 0.0,
+                within_tolerance: 0.005,
+                beta_alpha: 4.0,
+                beta_beta: 2.0,
+                threads: 3,
+                max_lag_rounds: 0,
             },
             validation: Some(ValidationData {
                 num_features: 2,
@@ -364,7 +384,7 @@ mod tests {
         .expect_err("bad method");
         assert!(
             err.reason
-                .contains("\"auto\", \"exact\", \"permutation\", \"none\""),
+                .contains("\"auto\", \"exact\", \"permutation\", \"permutation_antithetic\""),
             "{err}"
         );
     }

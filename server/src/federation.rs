@@ -30,6 +30,7 @@ use crate::config::FederationConfig;
 use crate::error::{ServiceError, ServiceResult};
 use crate::store::{
     ClientRecord, FederationRecord, FederationStatus, RoundRecord, Store, UpdateRecord,
+    ValuationStatus,
 };
 
 /// Longest client name accepted at enrollment.
@@ -144,6 +145,8 @@ pub enum Event {
     RoundStarted { round: u64, selected: Vec<String> },
     /// A round was committed.
     RoundCommitted(Box<RoundRecord>),
+    /// A committed round's valuation was recorded (done, skipped or failed).
+    RoundValued(Box<RoundRecord>),
     /// The federation finished or was stopped.
     Ended {
         status: FederationStatus,
@@ -172,6 +175,20 @@ pub(crate) struct FedState {
     pub round: Option<OpenRound>,
     /// The round loop's last failure while it retries; `None` when it is healthy.
     pub loop_error: Option<String>,
+    /// Committed rounds whose valuation is not recorded yet, oldest first, with their
+    /// inputs when still in memory (`None` after a restart: the worker reloads them).
+    pub pending_valuation: BTreeMap<u64, Option<ValuationJob>>,
+}
+
+/// What valuing a committed round needs.
+#[derive(Clone, Debug)]
+pub(crate) struct ValuationJob {
+    /// The committed record, to be completed with the values.
+    pub record: RoundRecord,
+    /// The round's starting global model.
+    pub global: Arc<Vec<f32>>,
+    /// The round's accepted updates.
+    pub updates: Vec<AcceptedUpdate>,
 }
 
 /// A federation hosted by this server.
@@ -213,7 +230,13 @@ impl Federation {
             )));
         }
         store.create_federation(&record, &params)?;
-        Self::assemble(record, Vec::new(), GlobalModel::new(0, params), store)
+        Self::assemble(
+            record,
+            Vec::new(),
+            GlobalModel::new(0, params),
+            store,
+            BTreeMap::new(),
+        )
     }
 
     /// Rebuilds a federation from the store after a restart.
@@ -228,7 +251,14 @@ impl Federation {
                 ))
             })?;
         let model = GlobalModel::new(record.model_version, params);
-        Self::assemble(record, clients, model, store)
+        // Rounds committed but not valued before the restart are valued again.
+        let pending = store
+            .list_rounds(&record.config.id)?
+            .into_iter()
+            .filter(|r| r.valuation_status == ValuationStatus::Pending)
+            .map(|r| (r.round, None))
+            .collect();
+        Self::assemble(record, clients, model, store, pending)
     }
 
     fn assemble(
@@ -236,6 +266,7 @@ impl Federation {
         clients: Vec<ClientRecord>,
         model: GlobalModel,
         store: Store,
+        pending_valuation: BTreeMap<u64, Option<ValuationJob>>,
     ) -> ServiceResult<Arc<Self>> {
         let config = record.config.clone();
         let validation = match &config.validation {
@@ -260,6 +291,7 @@ impl Federation {
                 model: Arc::new(model),
                 round: None,
                 loop_error: None,
+                pending_valuation,
             }),
             uploading: std::sync::Mutex::new(HashSet::new()),
             changed,
@@ -311,6 +343,11 @@ impl Federation {
     pub async fn snapshot(&self) -> (FederationRecord, Vec<ClientRecord>) {
         let st = self.state.lock().await;
         (st.record.clone(), st.clients.clone())
+    }
+
+    /// Committed rounds whose valuation is not recorded yet.
+    pub async fn pending_valuations(&self) -> u64 {
+        self.state.lock().await.pending_valuation.len() as u64
     }
 
     /// The round loop's last failure while it is retrying, `None` when it is healthy.
@@ -456,12 +493,18 @@ impl Federation {
             Some(r) => NextTask::Wait {
                 reason: format!("not selected for round {}", r.number),
             },
-            None => NextTask::Wait {
+            None if st.clients.len() < self.config.min_clients => NextTask::Wait {
                 reason: format!(
                     "waiting for clients: {} of {} enrolled",
                     st.clients.len(),
                     self.config.min_clients
                 ),
+            },
+            None => NextTask::Wait {
+                reason: match st.pending_valuation.keys().next() {
+                    Some(round) => format!("waiting for the valuation of round {round}"),
+                    None => "waiting for the next round to open".into(),
+                },
             },
         };
         match (task, &st.loop_error) {

@@ -14,7 +14,9 @@
 //! - [`store`]: durable state behind one `Store` (redb default, sled optional, memory).
 //! - [`federation`]: one federation's state and the operations handlers call.
 //! - [`round_loop`]: the horizontal round state machine.
-//! - [`round_close`]: aggregation, validation and valuation of a closed round.
+//! - [`round_close`]: aggregation and validation metrics of a closed round.
+//! - [`round_value`]: valuation of a committed round (the estimator the config picks).
+//! - `valuation_worker`: values committed rounds behind the round loop.
 //! - [`registry`]: the federations of a server and their loops.
 //! - [`coordinator`], [`admin`]: the gRPC services.
 //! - [`error`]: domain errors and their one mapping onto gRPC statuses.
@@ -32,7 +34,9 @@ pub mod federation;
 pub mod registry;
 pub mod round_close;
 mod round_loop;
+pub mod round_value;
 pub mod store;
+mod valuation_worker;
 
 use std::future::Future;
 use std::net::SocketAddr;

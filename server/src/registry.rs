@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use crate::config::FederationConfig;
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::Federation;
-use crate::round_loop;
 use crate::store::Store;
+use crate::{round_loop, valuation_worker};
 
 /// All federations of a server.
 #[derive(Debug)]
@@ -82,13 +82,17 @@ impl Registry {
     }
 
     fn insert(&self, fed: Arc<Federation>) {
-        let handle = tokio::spawn(round_loop::run(fed.clone(), self.shutdown.subscribe()));
+        let round_loop = tokio::spawn(round_loop::run(fed.clone(), self.shutdown.subscribe()));
+        let valuation = tokio::spawn(valuation_worker::run(
+            fed.clone(),
+            self.shutdown.subscribe(),
+        ));
         // A poisoned lock only means a panic elsewhere; the collections stay consistent,
         // and skipping the insert would leave a running loop nobody can reach.
         self.loops
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(handle);
+            .extend([round_loop, valuation]);
         self.federations
             .write()
             .unwrap_or_else(PoisonError::into_inner)

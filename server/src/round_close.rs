@@ -1,58 +1,34 @@
-//! Closing a horizontal round: aggregate (FedAvg), score, and value the participants.
+//! Closing a horizontal round: aggregate the updates with FedAvg and score the new
+//! global model on the validation set.
 //!
 //! A plain function of the round's inputs, run on the blocking pool by the round loop.
-//! Valuation follows ALGORITHMS.md 2.3: v(S) is the validation score of the global
-//! model plus the sample-weighted mean of S's updates; v(empty) is the previous
-//! global model. Exact Shapley (Gray-code order) up to `exact_max_players`
-//! participants, permutation Monte Carlo with a budget and a seed beyond.
-
-use std::time::Instant;
+//! Valuing the participants is a separate step (`round_value`), run after the commit by
+//! the federation's valuation worker, so a slow valuation never holds a round open.
 
 use fedval_core::aggregate::{apply_update, fedavg};
 use fedval_core::data::Dataset;
-use fedval_core::valuation::exact::exact_shapley;
-use fedval_core::valuation::permutation::PermutationSampling;
-use fedval_core::valuation::round_game::{RoundGame, Utility};
-use fedval_core::valuation::{Coalition, Game, Valuation};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
-use crate::config::{FederationConfig, UtilityMetric, ValuationMethod};
+use crate::config::FederationConfig;
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::AcceptedUpdate;
-use crate::store::ClientValue;
 
-/// Exact Shapley is never attempted beyond this many participants (2^n evaluations).
-const HARD_EXACT_LIMIT: usize = 20;
-
-/// What closing a round produced.
+/// What aggregating a round produced.
 #[derive(Debug)]
-pub struct RoundOutcome {
+pub struct Aggregated {
     /// The new global parameters.
     pub params: Vec<f32>,
     /// Validation metrics of the new model and sample-weighted client metrics.
     pub metrics: Vec<(String, f64)>,
-    /// Per-participant values of this round (empty when not valued).
-    pub values: Vec<ClientValue>,
-    /// "exact", "permutation" or "none".
-    pub method: String,
-    /// Utility evaluations the estimator spent.
-    pub evaluations: u64,
-    /// v(N) and v(empty).
-    pub utility_full: f64,
-    pub utility_empty: f64,
-    /// Wall time of the valuation.
-    pub valuation_ms: u64,
 }
 
-/// Aggregates and values `updates`, trained from `global`, for round `round`.
+/// Aggregates `updates`, trained from `global`, into round `round`'s new model.
 pub fn close_round(
     config: &FederationConfig,
     validation: Option<&Dataset>,
     global: &[f32],
     updates: &[AcceptedUpdate],
     round: u64,
-) -> ServiceResult<RoundOutcome> {
+) -> ServiceResult<Aggregated> {
     let weighted: Vec<(&[f32], f64)> = updates
         .iter()
         .map(|u| (u.delta.as_slice(), u.record.num_samples as f64))
@@ -75,7 +51,6 @@ pub fn close_round(
             "round {round}: the aggregated model is not finite at index {index}"
         )));
     }
-
     let mut metrics = client_metrics(updates);
     if let Some(data) = validation {
         let m = config
@@ -85,75 +60,7 @@ pub fn close_round(
         metrics.push(("val_loss".into(), m.loss));
         metrics.push(("val_accuracy".into(), m.accuracy));
     }
-
-    let started = Instant::now();
-    let mut outcome = RoundOutcome {
-        params,
-        metrics,
-        values: Vec::new(),
-        method: "none".into(),
-        evaluations: 0,
-        utility_full: f64::NAN,
-        utility_empty: f64::NAN,
-        valuation_ms: 0,
-    };
-    let Some(data) = validation else {
-        return Ok(outcome);
-    };
-    let v = &config.valuation;
-    let n = updates.len();
-    let exact = match v.method {
-        ValuationMethod::None => return Ok(outcome),
-        ValuationMethod::Exact => n <= HARD_EXACT_LIMIT,
-        ValuationMethod::Auto => n <= v.exact_max_players.min(HARD_EXACT_LIMIT),
-        ValuationMethod::Permutation => false,
-    };
-    let utility = match v.metric {
-        UtilityMetric::Accuracy => Utility::Accuracy,
-        UtilityMetric::NegLogLoss => Utility::NegLogLoss,
-    };
-    let deltas: Vec<&[f32]> = updates.iter().map(|u| u.delta.as_slice()).collect();
-    let weights: Vec<f64> = updates
-        .iter()
-        .map(|u| u.record.num_samples as f64)
-        .collect();
-    let mut game = RoundGame::new(&config.model, global, deltas, weights, data, utility)
-        .map_err(|e| ServiceError::Internal(format!("valuation game: {e}")))?;
-    outcome.utility_full = game.value(&Coalition::full(n));
-    outcome.utility_empty = game.value(&Coalition::empty(n));
-    let result: Result<Valuation, _> = if exact {
-        exact_shapley(&mut game)
-    } else {
-        let mut rng = ChaCha8Rng::seed_from_u64(v.seed ^ round.wrapping_mul(0xA076_1D64_78BD_642F));
-        PermutationSampling {
-            budget: v.budget,
-            antithetic: false,
-        }
-        .estimate(&mut game, &mut rng)
-    };
-    outcome.valuation_ms = started.elapsed().as_millis() as u64;
-    match result {
-        Ok(val) => {
-            outcome.method = if exact { "exact" } else { "permutation" }.into();
-            outcome.evaluations = val.evaluations;
-            let errs = val.std_errors.unwrap_or_else(|| vec![0.0; n]);
-            outcome.values = updates
-                .iter()
-                .zip(val.values.iter().zip(errs))
-                .map(|(u, (&value, std_error))| ClientValue {
-                    client_id: u.record.client_id.clone(),
-                    value,
-                    std_error,
-                })
-                .collect();
-        }
-        Err(e) => {
-            // The round's model is still committed; only its valuation is missing.
-            tracing::warn!(round, error = %e, "round not valued");
-            outcome.method = format!("none ({e})");
-        }
-    }
-    Ok(outcome)
+    Ok(Aggregated { params, metrics })
 }
 
 /// Sample-weighted means of the metrics clients reported, prefixed `client_`.
@@ -178,14 +85,14 @@ fn client_metrics(updates: &[AcceptedUpdate]) -> Vec<(String, f64)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::federation::tests::config;
     use crate::store::UpdateRecord;
 
-    fn update(client: &str, delta: Vec<f32>) -> AcceptedUpdate {
+    pub(crate) fn update(client: &str, delta: Vec<f32>) -> AcceptedUpdate {
         AcceptedUpdate {
             record: UpdateRecord {
                 client_id: client.into(),

@@ -3,8 +3,10 @@
 //! The loop owns the round (as in Flower's Strategy): it waits for enough clients,
 //! opens round r (select, distribute), collects updates until every selected client
 //! has uploaded or the deadline passes (stragglers are recorded, not waited for),
-//! closes the round, values and aggregates it off the async runtime (`round_close`),
-//! and commits the result atomically. Handlers never open or close rounds.
+//! closes the round, aggregates it off the async runtime (`round_close`), and commits
+//! the result atomically; the valuation worker (`valuation_worker`) values committed
+//! rounds behind it, at most `valuation.max_lag_rounds` rounds late. Handlers never
+//! open or close rounds.
 //!
 //! After a restart the loop reopens round `committed + 1` and reloads every update the
 //! store already holds for it, so nothing acknowledged before the crash is lost.
@@ -25,10 +27,11 @@ use tokio::time::Instant;
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{
-    AcceptedUpdate, Event, FedState, Federation, GlobalModel, OpenRound, now_ms,
+    AcceptedUpdate, Event, FedState, Federation, GlobalModel, OpenRound, ValuationJob, now_ms,
 };
 use crate::round_close::close_round;
-use crate::store::{FederationStatus, RoundRecord, StoreError};
+use crate::round_value::values_rounds;
+use crate::store::{FederationStatus, RoundRecord, StoreError, ValuationStatus};
 
 /// First delay before a failed step is retried; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -66,7 +69,7 @@ enum Step {
 
 /// Back-off before retry number `failures` (1-based): doubling from [`RETRY_FIRST`],
 /// capped at [`RETRY_MAX`].
-fn retry_delay(failures: u32) -> Duration {
+pub(crate) fn retry_delay(failures: u32) -> Duration {
     let factor = 1u32
         .checked_shl(failures.saturating_sub(1))
         .unwrap_or(u32::MAX);
@@ -145,6 +148,10 @@ async fn open_or_finish(fed: &Arc<Federation>) -> ServiceResult<Option<Step>> {
         return Ok(Some(Step::Exit));
     }
     if st.record.committed_rounds >= config.rounds {
+        if !st.pending_valuation.is_empty() {
+            // Finished means valued too: wait for the valuation worker.
+            return Ok(None);
+        }
         let mut rec = st.record.clone();
         rec.status = FederationStatus::Finished;
         fed.store().put_federation(&rec)?;
@@ -166,6 +173,12 @@ async fn open_or_finish(fed: &Arc<Federation>) -> ServiceResult<Option<Step>> {
         return Ok(None);
     }
     let number = st.record.committed_rounds + 1;
+    // Valuation may lag behind training by at most `max_lag_rounds` rounds.
+    if let Some(&oldest) = st.pending_valuation.keys().next()
+        && oldest.saturating_add(config.valuation.max_lag_rounds) < number
+    {
+        return Ok(None);
+    }
     let mut selected = fed.select(&st.clients, number);
     // Updates acknowledged before a restart belong to this round.
     let mut received = BTreeMap::new();
@@ -268,18 +281,26 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
         .filter(|c| !participants.contains(c))
         .cloned()
         .collect();
+    let valued = values_rounds(fed.config());
+    // The valuation runs after the commit (valuation_worker) and completes this record.
     let record = RoundRecord {
         round: number,
         model_version: model.version + 1,
         participants,
         stragglers,
         metrics: outcome.metrics,
-        values: outcome.values,
-        valuation_method: outcome.method,
-        evaluations: outcome.evaluations,
-        utility_full: outcome.utility_full,
-        utility_empty: outcome.utility_empty,
-        valuation_ms: outcome.valuation_ms,
+        values: Vec::new(),
+        valuation_method: if valued { String::new() } else { "none".into() },
+        evaluations: 0,
+        utility_full: f64::NAN,
+        utility_empty: f64::NAN,
+        valuation_ms: 0,
+        valuation_status: if valued {
+            ValuationStatus::Pending
+        } else {
+            ValuationStatus::Skipped
+        },
+        valuation_stop: String::new(),
     };
     let new_model = GlobalModel::new(model.version + 1, outcome.params);
     let mut st = fed.state.lock().await;
@@ -305,14 +326,16 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     st.record = fed_rec;
     st.model = Arc::new(new_model);
     st.round = None;
+    if valued {
+        let job = ValuationJob {
+            record: record.clone(),
+            global: model.params.clone(),
+            updates,
+        };
+        st.pending_valuation.insert(number, Some(job));
+    }
     drop(st);
-    tracing::info!(
-        federation = %fed.id(),
-        round = number,
-        method = %record.valuation_method,
-        evaluations = record.evaluations,
-        "round committed"
-    );
+    tracing::info!(federation = %fed.id(), round = number, "round committed");
     fed.emit(Event::RoundCommitted(Box::new(record)));
     fed.notify();
     Ok(())
@@ -352,6 +375,9 @@ fn adopt_committed(
     st.model = Arc::new(GlobalModel::new(record.model_version, params));
     st.record = fed_rec;
     st.round = None;
+    if record.valuation_status == ValuationStatus::Pending {
+        st.pending_valuation.insert(number, None);
+    }
     drop(st);
     tracing::warn!(federation = %fed.id(), round = number, "round was already committed; adopted the stored result");
     fed.emit(Event::RoundCommitted(Box::new(record)));

@@ -22,6 +22,10 @@ pub struct RoundRow {
     pub participants: usize,
     pub stragglers: usize,
     pub valuation_method: String,
+    /// `done`, `skipped`, `failed: ...` (never `pending` in a finished run).
+    pub valuation_status: String,
+    /// Why the estimator stopped: exact, budget_exhausted or converged.
+    pub valuation_stop: String,
     pub evaluations: u64,
     pub valuation_ms: u64,
     /// v(N) and v(empty) of the round's game.
@@ -79,12 +83,12 @@ impl Report {
 
     fn rounds_csv(&self) -> String {
         let mut s = String::from(
-            "round,val_accuracy,val_loss,client_loss,participants,stragglers,valuation_method,evaluations,valuation_ms,utility_full,utility_empty,sum_values\n",
+            "round,val_accuracy,val_loss,client_loss,participants,stragglers,valuation_method,valuation_status,valuation_stop,evaluations,valuation_ms,utility_full,utility_empty,sum_values\n",
         );
         for r in &self.rounds {
             let _ = writeln!(
                 s,
-                "{},{:.6},{:.6},{:.6},{},{},{},{},{},{:.6},{:.6},{:.6}",
+                "{},{:.6},{:.6},{:.6},{},{},{},{},{},{},{},{:.6},{:.6},{:.6}",
                 r.round,
                 r.val_accuracy,
                 r.val_loss,
@@ -92,6 +96,8 @@ impl Report {
                 r.participants,
                 r.stragglers,
                 csv_field(&r.valuation_method),
+                csv_field(&r.valuation_status),
+                r.valuation_stop,
                 r.evaluations,
                 r.valuation_ms,
                 r.utility_full,

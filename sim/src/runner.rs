@@ -111,6 +111,8 @@ pub fn federation_config(
             budget: config.valuation_budget,
             seed: config.seed,
             metric: config.utility.clone(),
+            // Unset: the server's defaults (tolerances, Beta(16, 1), every core, lag 1).
+            ..Default::default()
         }),
         validation: Some(pb::InlineDataset {
             num_features: prepared.validation.num_features() as u32,
@@ -322,6 +324,8 @@ fn round_row(r: &pb::RoundRecord, names: &HashMap<String, String>) -> RoundRow {
         participants: r.participants.len(),
         stragglers: r.stragglers.len(),
         valuation_method: r.valuation_method.clone(),
+        valuation_status: r.valuation_status.clone(),
+        valuation_stop: r.valuation_stop.clone(),
         evaluations: r.evaluations,
         valuation_ms: r.valuation_ms,
         utility_full: r.utility_full,

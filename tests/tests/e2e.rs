@@ -7,6 +7,7 @@ mod e2e {
     pub mod support;
 
     mod bad_input;
+    mod estimators;
     mod federation_flow;
     mod large_model;
     mod many_federations;

@@ -10,7 +10,8 @@
 //!   beyond a hard budget. Estimators only ever see a `Metered` game, so none can
 //!   overspend, and the count they report is the meter's, not their own bookkeeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::{Coalition, ValuationError};
 
@@ -22,6 +23,15 @@ pub trait Game {
     fn n_players(&self) -> usize;
     /// The utility `v(S)` of a coalition of this game's `n` players.
     fn value(&mut self, coalition: &Coalition) -> f64;
+
+    /// The utilities of several coalitions, written to `out` (same length). The default
+    /// evaluates them one after the other; a game whose evaluations are expensive (a
+    /// federated round game) overrides it to spread them over threads.
+    fn values(&mut self, coalitions: &[Coalition], out: &mut [f64]) {
+        for (coalition, slot) in coalitions.iter().zip(out.iter_mut()) {
+            *slot = self.value(coalition);
+        }
+    }
 }
 
 /// A game evaluated at a current coalition that changes one player at a time.
@@ -46,6 +56,9 @@ impl<G: Game + ?Sized> Game for &mut G {
     }
     fn value(&mut self, coalition: &Coalition) -> f64 {
         (**self).value(coalition)
+    }
+    fn values(&mut self, coalitions: &[Coalition], out: &mut [f64]) {
+        (**self).values(coalitions, out)
     }
 }
 
@@ -97,6 +110,9 @@ impl<G: Game> Game for Tracked<G> {
     fn value(&mut self, coalition: &Coalition) -> f64 {
         self.game.value(coalition)
     }
+    fn values(&mut self, coalitions: &[Coalition], out: &mut [f64]) {
+        self.game.values(coalitions, out)
+    }
 }
 
 impl<G: Game> IncrementalGame for Tracked<G> {
@@ -113,6 +129,43 @@ impl<G: Game> IncrementalGame for Tracked<G> {
         self.game.value(&self.current)
     }
 }
+
+/// The memo's hasher: coalition keys are a few machine words chosen by the estimator,
+/// not by an adversary, so a multiply-rotate hash (as in rustc's FxHash) replaces
+/// SipHash, which dominated the cost of a memoised lookup.
+#[derive(Clone, Copy, Debug, Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u8(&mut self, x: u8) {
+        self.write_u64(u64::from(x));
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+    fn write_isize(&mut self, x: isize) {
+        self.write_u64(x as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Hash builder of the memo.
+type MemoHash = BuildHasherDefault<FastHasher>;
 
 /// A game behind a meter: memoised values, an evaluation count and a hard budget.
 ///
@@ -133,7 +186,7 @@ pub struct Metered<G> {
     n: usize,
     budget: Option<u64>,
     evaluations: u64,
-    cache: HashMap<Coalition, f64>,
+    cache: HashMap<Coalition, f64, MemoHash>,
     current: Coalition,
 }
 
@@ -146,7 +199,7 @@ impl<G: Game> Metered<G> {
             n,
             budget,
             evaluations: 0,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             current: Coalition::empty(n),
         }
     }
@@ -172,6 +225,51 @@ impl<G: Game> Metered<G> {
         let v = self.checked(v)?;
         self.cache.insert(coalition.clone(), v);
         Ok(v)
+    }
+
+    /// The memoised utilities of a batch of coalitions, in order. The distinct coalitions
+    /// not yet cached are evaluated together through [`Game::values`] (in parallel when
+    /// the game supports it) and each is charged once. All or nothing: if the budget
+    /// cannot pay for every miss, nothing is evaluated and
+    /// [`ValuationError::BudgetExhausted`] is returned; size batches with
+    /// [`remaining`](Self::remaining).
+    pub fn values(&mut self, coalitions: &[Coalition]) -> Result<Vec<f64>, ValuationError> {
+        let mut misses: Vec<Coalition> = Vec::new();
+        let mut seen: HashSet<&Coalition, MemoHash> = HashSet::default();
+        for c in coalitions {
+            if c.n_players() != self.n {
+                return Err(ValuationError::PlayerCountMismatch {
+                    expected: self.n,
+                    got: c.n_players(),
+                });
+            }
+            if !self.cache.contains_key(c) && seen.insert(c) {
+                misses.push(c.clone());
+            }
+        }
+        if let Some(budget) = self.budget
+            && self.evaluations + misses.len() as u64 > budget
+        {
+            return Err(ValuationError::BudgetExhausted { budget });
+        }
+        let mut fresh = vec![0.0; misses.len()];
+        self.game.values(&misses, &mut fresh);
+        for (c, v) in misses.into_iter().zip(fresh) {
+            self.evaluations += 1;
+            let v = self.checked(v)?;
+            self.cache.insert(c, v);
+        }
+        coalitions
+            .iter()
+            .map(|c| {
+                self.cache
+                    .get(c)
+                    .copied()
+                    .ok_or_else(|| ValuationError::InvalidGame {
+                        reason: "a batch value went missing from the memo".into(),
+                    })
+            })
+            .collect()
     }
 
     /// Inner evaluations spent so far (distinct coalitions on the memoised path plus

@@ -18,23 +18,41 @@
 //! assert!((v.values[0] - 2.0 / 3.0).abs() < 1e-12);
 //! ```
 
+pub mod banzhaf;
 pub mod coalition;
 pub mod exact;
 pub mod game;
+pub mod game_spec;
 pub mod games;
+pub mod gtg;
+pub mod loo;
 pub mod permutation;
+pub mod registry;
 pub mod round_game;
+pub mod semivalue;
+pub mod stratified;
+pub mod svarm;
+pub mod tmc;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+pub use banzhaf::MsrBanzhaf;
 pub use coalition::Coalition;
 pub use exact::{
-    ExactShapley, MAX_EXACT_PLAYERS, exact_shapley, shapley_from_table, shapley_weights,
-    utility_table_gray, utility_table_naive,
+    ExactShapley, MAX_EXACT_PLAYERS, exact_shapley, exact_shapley_batched, shapley_from_table,
+    shapley_weights, utility_table_gray, utility_table_naive,
 };
 pub use game::{Game, IncrementalGame, Metered, Tracked};
+pub use game_spec::{GameFile, GameSpec, SpecGame, TabulatedGame};
+pub use gtg::GtgShapley;
+pub use loo::LeaveOneOut;
 pub use permutation::PermutationSampling;
+pub use registry::{EstimatorSpec, UnknownEstimator};
+pub use semivalue::{Semivalue, SemivalueWeights};
+pub use stratified::StratifiedSvarm;
+pub use svarm::Svarm;
+pub use tmc::TmcShapley;
 
 /// The result of a valuation: one value per player and how it was obtained.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +90,23 @@ pub enum Method {
     Exact,
     /// Monte Carlo permutation sampling (ApproShapley), optionally antithetic.
     Permutation,
+    /// Truncated Monte Carlo Shapley (Ghorbani & Zou 2019).
+    Tmc,
+    /// GTG-Shapley (Liu et al. 2022): guided permutations, within- and between-round
+    /// truncation.
+    Gtg,
+    /// SVARM (Kolpaczki et al. 2024).
+    Svarm,
+    /// Stratified SVARM, sampling with replacement.
+    StratifiedSvarm,
+    /// Stratified SVARM+, sampling without replacement (exact once the budget covers 2^n).
+    StratifiedSvarmPlus,
+    /// Leave-one-out: v(N) - v(N minus i).
+    LeaveOneOut,
+    /// Banzhaf values by maximum sample reuse (MSR).
+    Banzhaf,
+    /// A semivalue other than Shapley and Banzhaf (e.g. Beta(a, b)-Shapley).
+    Semivalue,
 }
 
 /// Errors of games, meters and estimators.

@@ -105,6 +105,8 @@ fn round_record(round: u64, model_version: u64, participants: &[&str]) -> RoundR
         utility_full: 0.75,
         utility_empty: 0.5,
         valuation_ms: 3,
+        valuation_status: ValuationStatus::Done,
+        valuation_stop: "exact".into(),
     }
 }
 

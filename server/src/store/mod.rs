@@ -46,6 +46,7 @@ use crate::config::StoreKind;
 pub use kv::{Batch, KvBackend};
 pub use records::{
     ClientRecord, ClientValue, FederationRecord, FederationStatus, RoundRecord, UpdateRecord,
+    ValuationStatus,
 };
 
 /// Errors of the store.
@@ -347,6 +348,14 @@ impl Store {
                 )
                 .put(fed_key, fed_value),
         )
+    }
+
+    /// Replaces the record of an already committed round (its valuation arrives after
+    /// the commit); durable on return.
+    pub fn update_round(&self, federation: &str, round: &RoundRecord) -> Result<(), StoreError> {
+        let key = keys::round(federation, round.round);
+        let value = encode(&key, round)?;
+        self.kv.commit(Batch::new().put(key, value))
     }
 
     /// The committed rounds of a federation, in ascending round order.

@@ -115,6 +115,40 @@ pub struct RoundRecord {
     pub utility_empty: f64,
     /// Wall time of the valuation, in milliseconds.
     pub valuation_ms: u64,
+    /// Where the round's valuation stands: it may lag behind training.
+    #[serde(default)]
+    pub valuation_status: ValuationStatus,
+    /// Why the estimator stopped (`"exact"`, `"budget_exhausted"`, `"converged"`), empty
+    /// while pending or when not valued.
+    #[serde(default)]
+    pub valuation_stop: String,
+}
+
+/// The state of a committed round's valuation, which runs after the round is committed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValuationStatus {
+    /// Not valued yet (queued or running).
+    #[default]
+    Pending,
+    /// Values are recorded.
+    Done,
+    /// Not valued by configuration (method `none` or no validation set).
+    Skipped,
+    /// The estimator failed; the reason is kept.
+    Failed(String),
+}
+
+impl ValuationStatus {
+    /// `pending`, `done`, `skipped` or `failed: <reason>`.
+    pub fn describe(&self) -> String {
+        match self {
+            ValuationStatus::Pending => "pending".into(),
+            ValuationStatus::Done => "done".into(),
+            ValuationStatus::Skipped => "skipped".into(),
+            ValuationStatus::Failed(reason) => format!("failed: {reason}"),
+        }
+    }
 }
 
 /// One client's value in one round.
@@ -214,6 +248,8 @@ mod tests {
             utility_full: -f64::INFINITY,
             utility_empty: f64::MIN_POSITIVE,
             valuation_ms: 1,
+            valuation_status: ValuationStatus::Failed("x".into()),
+            valuation_stop: "exact".into(),
         };
         let json = serde_json::to_vec(&rec).expect("encodes");
         let back: RoundRecord = serde_json::from_slice(&json).expect("decodes");

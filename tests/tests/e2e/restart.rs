@@ -122,10 +122,10 @@ async fn restart_resumes_at_the_last_committed_round() {
         }));
     }
 
-    // Crash right after round 2 commits.
+    // Crash right after round 2 is committed and valued.
     let mut before = Vec::new();
     while let Some(event) = events.message().await.expect("event stream") {
-        if let Some(pb::federation_event::Kind::RoundCommitted(r)) = event.kind {
+        if let Some(pb::federation_event::Kind::RoundValued(r)) = event.kind {
             let round = r.round;
             before.push(r);
             if round == 2 {
@@ -166,7 +166,7 @@ async fn restart_resumes_at_the_last_committed_round() {
         rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]
     );
-    // Rounds 1 and 2 are exactly what was committed before the crash.
+    // Rounds 1 and 2 are exactly what was committed and valued before the crash.
     assert_eq!(rounds[..2], before[..2]);
     // No acknowledged update is missing: each one is a participant of its round.
     for (client, round) in acked.lock().expect("lock").iter() {
