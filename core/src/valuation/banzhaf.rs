@@ -37,16 +37,6 @@ impl MsrBanzhaf {
     pub fn new(budget: u64) -> Self {
         Self { budget }
     }
-
-    /// Runs on `game` behind a fresh meter capped at `self.budget` (same as
-    /// [`Estimator::estimate`], available without importing the trait).
-    pub fn estimate<G: IncrementalGame, R: Rng + ?Sized>(
-        &self,
-        game: &mut G,
-        rng: &mut R,
-    ) -> Result<Valuation, ValuationError> {
-        Estimator::estimate(self, game, rng)
-    }
 }
 
 impl Estimator for MsrBanzhaf {

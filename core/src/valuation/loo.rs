@@ -18,18 +18,6 @@ use super::{
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LeaveOneOut;
 
-impl LeaveOneOut {
-    /// Runs on `game` (same as [`Estimator::estimate`], available without importing the
-    /// trait).
-    pub fn estimate<G: IncrementalGame, R: Rng + ?Sized>(
-        &self,
-        game: &mut G,
-        rng: &mut R,
-    ) -> Result<Valuation, ValuationError> {
-        Estimator::estimate(self, game, rng)
-    }
-}
-
 impl Estimator for LeaveOneOut {
     fn method(&self) -> Method {
         Method::LeaveOneOut

@@ -29,6 +29,7 @@ pub mod loo;
 pub mod permutation;
 pub mod registry;
 pub mod round_game;
+mod sampling;
 pub mod semivalue;
 pub mod stratified;
 pub mod svarm;

@@ -26,16 +26,6 @@ pub struct PermutationSampling {
 }
 
 impl PermutationSampling {
-    /// Runs on `game` behind a fresh meter capped at `self.budget` (same as
-    /// [`Estimator::estimate`], available without importing the trait).
-    pub fn estimate<G: IncrementalGame, R: Rng + ?Sized>(
-        &self,
-        game: &mut G,
-        rng: &mut R,
-    ) -> Result<Valuation, ValuationError> {
-        Estimator::estimate(self, game, rng)
-    }
-
     /// Walks per sample: 2 for an antithetic pair, else 1.
     fn walks(&self) -> u64 {
         if self.antithetic { 2 } else { 1 }

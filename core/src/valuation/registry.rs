@@ -341,8 +341,10 @@ pub fn semivalue_from_table(n: usize, table: &[f64], weights: &[f64]) -> Vec<f64
 mod tests {
     use super::*;
     use crate::valuation::exact::tests::soum_strategy;
-    use crate::valuation::games::{Glove, WeightedVoting};
-    use crate::valuation::{Game, StopReason, Tracked, shapley_weights, utility_table_naive};
+    use crate::valuation::games::{Counting, Glove, Soum, WeightedVoting};
+    use crate::valuation::{
+        Coalition, Game, StopReason, Tracked, shapley_weights, utility_table_naive,
+    };
     use proptest::prelude::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
@@ -482,7 +484,6 @@ mod tests {
 
     #[test]
     fn every_estimator_runs_within_its_budget() {
-        use crate::valuation::games::Counting;
         let (n, t) = table(Glove { left: 3, right: 4 });
         for spec in EstimatorSpec::benchmark_set() {
             let reference = spec.exact_reference(n, &t).unwrap();
@@ -519,7 +520,123 @@ mod tests {
         );
     }
 
+    /// `a u + b v`, for linearity checks.
+    struct Combination {
+        u: Soum,
+        v: Soum,
+        a: f64,
+        b: f64,
+    }
+
+    impl Game for Combination {
+        fn n_players(&self) -> usize {
+            self.u.n
+        }
+        fn value(&mut self, c: &Coalition) -> f64 {
+            self.a * self.u.value(c) + self.b * self.v.value(c)
+        }
+    }
+
+    /// `game` with `extra` null players appended (in no unanimity term).
+    fn with_null_players(game: &Soum, extra: usize) -> Soum {
+        Soum {
+            n: game.n + extra,
+            terms: game.terms.clone(),
+        }
+    }
+
+    fn run(spec: &EstimatorSpec, game: impl Game, budget: u64, seed: u64) -> (Valuation, u64) {
+        let mut game = Tracked::new(Counting { game, calls: 0 });
+        let v = spec
+            .estimate(budget, &mut game, &mut ChaCha8Rng::seed_from_u64(seed))
+            .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        (v, game.into_inner().calls)
+    }
+
+    /// Estimators whose sampled coalitions never depend on the utilities seen, so one
+    /// seed gives the same samples for every game.
+    fn value_independent() -> Vec<EstimatorSpec> {
+        vec![
+            EstimatorSpec::Permutation { antithetic: false },
+            EstimatorSpec::Permutation { antithetic: true },
+            EstimatorSpec::Svarm,
+            EstimatorSpec::Banzhaf,
+            EstimatorSpec::BetaShapley {
+                alpha: 16.0,
+                beta: 1.0,
+            },
+            EstimatorSpec::LeaveOneOut,
+            EstimatorSpec::Exact,
+        ]
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// No estimator ever calls the game more often than its budget allows.
+        #[test]
+        fn no_estimator_exceeds_its_budget(game in soum_strategy(8), budget in 20u64..400, seed in 0u64..1000) {
+            let game = with_null_players(&game, 1);
+            let n = game.n;
+            for spec in EstimatorSpec::benchmark_set() {
+                let cap = if spec == EstimatorSpec::Exact { 1u64 << n } else { budget };
+                let (v, calls) = run(&spec, game.clone(), cap, seed);
+                prop_assert!(calls <= cap, "{}: {} calls for a budget of {}", spec, calls, cap);
+                prop_assert_eq!(v.evaluations, calls, "{}", spec);
+            }
+        }
+
+        /// Linearity: with one seed, an estimator whose samples do not depend on the
+        /// utilities values `a u + b v` as `a phi(u) + b phi(v)`.
+        #[test]
+        fn value_independent_estimators_are_linear(
+            u in soum_strategy(7),
+            raw_v in soum_strategy(7),
+            a in -3.0f64..3.0,
+            b in -3.0f64..3.0,
+            seed in 0u64..1000,
+        ) {
+            let v = Soum { n: u.n, terms: raw_v.terms.into_iter()
+                .map(|(members, c)| (members.into_iter().filter(|&m| m < u.n).collect::<Vec<_>>(), c))
+                .filter(|(members, _)| !members.is_empty())
+                .collect() };
+            for spec in value_independent() {
+                let (pu, _) = run(&spec, u.clone(), 300, seed);
+                let (pv, _) = run(&spec, v.clone(), 300, seed);
+                let (pw, _) = run(&spec, Combination { u: u.clone(), v: v.clone(), a, b }, 300, seed);
+                for ((x, y), z) in pu.values.iter().zip(&pv.values).zip(&pw.values) {
+                    prop_assert!((a * x + b * y - z).abs() < 1e-9, "{}: {} vs {}", spec, a * x + b * y, z);
+                }
+            }
+        }
+
+        /// A null player gets exactly 0 from every estimator built on marginal
+        /// contributions, and every Shapley estimator that walks permutations is
+        /// efficient.
+        #[test]
+        fn null_players_get_zero_and_walks_are_efficient(game in soum_strategy(7), seed in 0u64..1000) {
+            let game = with_null_players(&game, 2);
+            let n = game.n;
+            let full = game.clone().value(&Coalition::full(n)) - game.clone().value(&Coalition::empty(n));
+            for spec in [
+                EstimatorSpec::Exact,
+                EstimatorSpec::Permutation { antithetic: false },
+                EstimatorSpec::Permutation { antithetic: true },
+                EstimatorSpec::Tmc { tolerance: 0.0 },
+                EstimatorSpec::Gtg { round_tolerance: 0.0, within_tolerance: 0.0 },
+                EstimatorSpec::LeaveOneOut,
+            ] {
+                let (v, _) = run(&spec, game.clone(), 400, seed);
+                // Exact sums a table (rounding ~1e-17); the walks see identical utilities.
+                prop_assert!(v.values[n - 1].abs() < 1e-12, "{}: {}", spec, v.values[n - 1]);
+                prop_assert!(v.values[n - 2].abs() < 1e-12, "{}: {}", spec, v.values[n - 2]);
+                if spec.is_shapley() {
+                    let sum: f64 = v.values.iter().sum();
+                    prop_assert!((sum - full).abs() < 1e-9, "{}: {} vs {}", spec, sum, full);
+                }
+            }
+        }
+
         #[test]
         fn semivalue_with_shapley_weights_is_shapley(game in soum_strategy(9)) {
             let (n, t) = table(game);

@@ -157,16 +157,6 @@ impl Semivalue {
     pub fn beta_shapley(budget: u64, alpha: f64, beta: f64) -> Self {
         Self::new(budget, SemivalueWeights::Beta { alpha, beta })
     }
-
-    /// Runs on `game` behind a fresh meter capped at `self.budget` (same as
-    /// [`Estimator::estimate`], available without importing the trait).
-    pub fn estimate<G: IncrementalGame, R: Rng + ?Sized>(
-        &self,
-        game: &mut G,
-        rng: &mut R,
-    ) -> Result<Valuation, ValuationError> {
-        Estimator::estimate(self, game, rng)
-    }
 }
 
 impl Estimator for Semivalue {

@@ -66,16 +66,6 @@ impl TmcShapley {
         }
     }
 
-    /// Runs on `game` behind a fresh meter capped at `self.budget` (same as
-    /// [`Estimator::estimate`], available without importing the trait).
-    pub fn estimate<G: IncrementalGame, R: Rng + ?Sized>(
-        &self,
-        game: &mut G,
-        rng: &mut R,
-    ) -> Result<Valuation, ValuationError> {
-        Estimator::estimate(self, game, rng)
-    }
-
     /// Rejects parameters that would make the rules meaningless.
     fn validate(&self) -> Result<(), ValuationError> {
         check_non_negative("tmc tolerance", self.tolerance)?;
