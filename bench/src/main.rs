@@ -1,8 +1,10 @@
 //! `fedval-bench`: benchmark fedval's valuation estimators (see docs/valuation-benchmark.md).
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use fedval_core::valuation::{GameFile, GameSpec};
 use fedval_bench::runner::parse_estimators;
 use fedval_bench::table::{TableConfig, run_table};
 
@@ -30,6 +32,19 @@ enum Command {
         #[arg(long, default_value = "all")]
         estimators: String,
     },
+    /// Write the table's seeded SOUM and weighted-voting games as JSON files (to run
+    /// another library, e.g. bench/shapiq/compare.py, on exactly the same games).
+    ExportGames {
+        /// Players.
+        #[arg(long, default_value_t = 14)]
+        n: usize,
+        /// Games 0..SEEDS of each kind (the table pairs game s with seed s).
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Run the full table and write <OUT>.csv and <OUT>.md.
     Table {
         /// Player counts (each at most 20: exact values come from the utility table).
@@ -55,6 +70,21 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::ExportGames { n, seeds, dir } => {
+            std::fs::create_dir_all(&dir)?;
+            for seed in 0..seeds {
+                for (kind, game) in [
+                    ("soum", GameSpec::random_soum(n, seed)),
+                    ("weighted_voting", GameSpec::random_weighted_voting(n, seed)),
+                ] {
+                    let file = GameFile { game, exact_shapley_values: None };
+                    let path = dir.join(format!("{kind}-{n}-{seed}.json"));
+                    std::fs::write(&path, serde_json::to_string(&file)?)?;
+                    // A closed pipe (`| head`) is not an error worth a panic.
+                    let _ = writeln!(std::io::stdout(), "{}", path.display());
+                }
+            }
+        }
         Command::Game {
             file,
             budget,
