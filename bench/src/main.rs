@@ -4,9 +4,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use fedval_core::valuation::{GameFile, GameSpec};
 use fedval_bench::runner::parse_estimators;
 use fedval_bench::table::{TableConfig, run_table};
+use fedval_core::valuation::{GameFile, GameSpec};
 
 /// Accuracy and overhead of fedval's Shapley (and other value) estimators.
 #[derive(Parser, Debug)]
@@ -77,7 +77,10 @@ fn main() -> anyhow::Result<()> {
                     ("soum", GameSpec::random_soum(n, seed)),
                     ("weighted_voting", GameSpec::random_weighted_voting(n, seed)),
                 ] {
-                    let file = GameFile { game, exact_shapley_values: None };
+                    let file = GameFile {
+                        game,
+                        exact_shapley_values: None,
+                    };
                     let path = dir.join(format!("{kind}-{n}-{seed}.json"));
                     std::fs::write(&path, serde_json::to_string(&file)?)?;
                     // A closed pipe (`| head`) is not an error worth a panic.

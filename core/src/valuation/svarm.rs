@@ -48,16 +48,6 @@ impl Svarm {
         Self { budget }
     }
 
-    /// Runs on `game` behind a fresh meter capped at `self.budget` (same as
-    /// [`Estimator::estimate`], available without importing the trait).
-    pub fn estimate<G: IncrementalGame, R: Rng + ?Sized>(
-        &self,
-        game: &mut G,
-        rng: &mut R,
-    ) -> Result<Valuation, ValuationError> {
-        Estimator::estimate(self, game, rng)
-    }
-
     /// The run, evaluating loop draws `batch` at a time: `u64` masks up to 64 players,
     /// [`Coalition`]s beyond.
     fn run<G: IncrementalGame, R: Rng + ?Sized>(
