@@ -9,12 +9,16 @@
 //! - [`data`]: labelled data sets, CSV loading, the shipped UCI sets, partitioners.
 //! - [`model`]: the built-in models (multinomial logistic regression, a one-hidden-layer
 //!   MLP) over flat parameter vectors, with seeded mini-batch SGD.
-//! - [`aggregate`]: combining client updates (FedAvg).
+//! - [`aggregate`]: combining client updates: FedAvg and the robust aggregators
+//!   (coordinate-wise median, trimmed mean, Krum, Multi-Krum, norm clipping).
+//! - [`reputation`]: RFFL reputations, removals and sparsified rewards; fair yet
+//!   asymptotically equal reward selection (no validation set needed).
 //! - [`valuation`]: cooperative games and Shapley value estimators, including the
 //!   per-round federated-learning game.
 
 pub mod aggregate;
 pub mod data;
 pub mod model;
+pub mod reputation;
 pub mod tensor;
 pub mod valuation;

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fedval_core::aggregate::AggregatorSpec;
 use fedval_core::data::Dataset;
 use fedval_core::model::ModelSpec;
 use ndarray::Array2;
@@ -81,6 +82,11 @@ pub struct FederationConfig {
     /// How contributions are valued each round.
     #[serde(default)]
     pub valuation: ValuationConfig,
+    /// How each round's updates are combined (`kind = "fedavg"` by default; `"median"`,
+    /// `"trimmed_mean"`, `"krum"`, `"multi_krum"`, `"norm_clip"`). A round with too few
+    /// updates for it is aggregated with FedAvg instead (see `round_close`).
+    #[serde(default)]
+    pub aggregator: AggregatorSpec,
     /// The server's validation set; required unless `valuation.method = "none"`.
     #[serde(default)]
     pub validation: Option<ValidationData>,
@@ -366,6 +372,7 @@ impl FederationConfig {
         )?;
         self.validate_training()?;
         self.validate_valuation()?;
+        self.validate_aggregator()?;
         match &self.validation {
             Some(v) => validate_validation(v, &self.model),
             None if self.valuation.method != ValuationMethod::None => Err(ConfigError::new(
@@ -385,6 +392,54 @@ impl FederationConfig {
             return Err(ConfigError::new(
                 "training.learning_rate",
                 format!("must be a finite number > 0, got {}", t.learning_rate),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the aggregator's parameters: counts fit the wire's `uint32`, Multi-Krum
+    /// selects at least one update, the clipping norm is finite and > 0, and a fixed round
+    /// size (`clients_per_round > 0`) is enough for the aggregator. The field named is the
+    /// parameter that sets the requirement (`aggregator.trim`, `aggregator.byzantine`, ...).
+    fn validate_aggregator(&self) -> Result<(), ConfigError> {
+        let spec = self.aggregator;
+        let (field, count) = match spec {
+            AggregatorSpec::FedAvg | AggregatorSpec::Median => return Ok(()),
+            AggregatorSpec::NormClip { max_norm } => {
+                if !(max_norm.is_finite() && max_norm > 0.0) {
+                    return Err(ConfigError::new(
+                        "aggregator.max_norm",
+                        format!("must be a finite number > 0, got {max_norm}"),
+                    ));
+                }
+                return Ok(());
+            }
+            AggregatorSpec::TrimmedMean { trim } => ("aggregator.trim", trim),
+            AggregatorSpec::Krum { byzantine } => ("aggregator.byzantine", byzantine),
+            AggregatorSpec::MultiKrum {
+                byzantine,
+                selected,
+            } => {
+                check_range("aggregator.byzantine", byzantine, 0, u32::MAX as usize)?;
+                check_range("aggregator.selected", selected, 1, u32::MAX as usize)?;
+                // The count that raises the requirement above Krum's own.
+                let field = if selected.saturating_add(byzantine) > 2 * byzantine + 3 {
+                    "aggregator.selected"
+                } else {
+                    "aggregator.byzantine"
+                };
+                (field, byzantine)
+            }
+        };
+        check_range(field, count, 0, u32::MAX as usize)?;
+        let needed = spec.min_updates();
+        if self.clients_per_round > 0 && self.clients_per_round < needed {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "{spec} needs at least {needed} updates per round, but clients_per_round is {}",
+                    self.clients_per_round
+                ),
             ));
         }
         Ok(())
@@ -738,6 +793,10 @@ mod tests {
         budget = 500
         metric = "neg_log_loss"
 
+        [federations.aggregator]
+        kind = "trimmed_mean"
+        trim = 0
+
         [federations.validation]
         num_features = 2
         features = [0.5, 1.0, -1.0, 2.0]
@@ -759,6 +818,7 @@ mod tests {
             round_timeout_ms: DEFAULT_ROUND_TIMEOUT_MS,
             training: TrainingParams::default(),
             valuation: ValuationConfig::default(),
+            aggregator: AggregatorSpec::default(),
             validation: Some(ValidationData {
                 num_features: 2,
                 features: vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
@@ -811,6 +871,7 @@ mod tests {
                     metric: UtilityMetric::NegLogLoss,
                     ..ValuationConfig::default()
                 },
+                aggregator: AggregatorSpec::TrimmedMean { trim: 0 },
                 validation: Some(ValidationData {
                     num_features: 2,
                     features: vec![0.5, 1.0, -1.0, 2.0],
@@ -841,6 +902,7 @@ mod tests {
         assert_eq!(cfg.valuation.budget, 2000);
         assert_eq!(cfg.valuation.metric, UtilityMetric::Accuracy);
         assert_eq!(cfg.validation, None);
+        assert_eq!(cfg.aggregator, AggregatorSpec::FedAvg);
         assert_eq!(cfg.seed, 0);
         assert_eq!(cfg.validate(), Ok(()));
     }
@@ -897,6 +959,38 @@ mod tests {
             ("valuation.budget", |c| {
                 c.valuation.method = ValuationMethod::Permutation;
                 c.valuation.budget = 0;
+            }),
+            ("aggregator.max_norm", |c| {
+                c.aggregator = AggregatorSpec::NormClip { max_norm: 0.0 }
+            }),
+            ("aggregator.max_norm", |c| {
+                c.aggregator = AggregatorSpec::NormClip { max_norm: f64::NAN }
+            }),
+            ("aggregator.selected", |c| {
+                c.aggregator = AggregatorSpec::MultiKrum {
+                    byzantine: 0,
+                    selected: 0,
+                }
+            }),
+            ("aggregator.trim", |c| {
+                c.aggregator = AggregatorSpec::TrimmedMean {
+                    trim: u32::MAX as usize + 1,
+                }
+            }),
+            ("aggregator.trim", |c| {
+                c.clients_per_round = 4;
+                c.aggregator = AggregatorSpec::TrimmedMean { trim: 2 };
+            }),
+            ("aggregator.byzantine", |c| {
+                c.clients_per_round = 4;
+                c.aggregator = AggregatorSpec::Krum { byzantine: 1 };
+            }),
+            ("aggregator.selected", |c| {
+                c.clients_per_round = 9;
+                c.aggregator = AggregatorSpec::MultiKrum {
+                    byzantine: 1,
+                    selected: 9,
+                };
             }),
             ("validation", |c| c.validation = None),
             ("validation.num_features", |c| {
@@ -960,6 +1054,20 @@ mod tests {
                 c.valuation.method = ValuationMethod::None;
                 c.validation = None;
             },
+            |c| {
+                c.clients_per_round = 5;
+                c.aggregator = AggregatorSpec::Krum { byzantine: 1 };
+            },
+            |c| {
+                c.clients_per_round = 10;
+                c.aggregator = AggregatorSpec::MultiKrum {
+                    byzantine: 1,
+                    selected: 9,
+                };
+            },
+            |c| c.aggregator = AggregatorSpec::TrimmedMean { trim: 3 },
+            |c| c.aggregator = AggregatorSpec::NormClip { max_norm: 0.5 },
+            |c| c.aggregator = AggregatorSpec::Median,
         ];
         for edit in cases {
             let mut cfg = valid();

@@ -9,10 +9,12 @@
 //! `valuation` messages, empty `method`/`metric` strings, and a zero in a field where zero
 //! is never valid (`round_timeout_ms`, `training.local_epochs`, `training.batch_size`,
 //! `training.learning_rate`, `valuation.exact_max_players`, and `valuation.budget` of a
-//! sampling method) all mean "the default". Every valid configuration survives
-//! config -> proto -> config unchanged.
+//! sampling method) all mean "the default". A missing `aggregator` message or an empty
+//! `aggregator.kind` means FedAvg; parameters of another kind than the one named must be
+//! zero. Every valid configuration survives config -> proto -> config unchanged.
 
 use bytes::Bytes;
+use fedval_core::aggregate::AggregatorSpec;
 use fedval_core::model::ModelSpec;
 use fedval_proto::v1 as proto;
 
@@ -145,6 +147,93 @@ impl From<&ValuationConfig> for proto::ValuationConfig {
     }
 }
 
+/// The aggregator kinds' wire spellings (the same as the configuration's `kind`).
+const AGGREGATOR_KINDS: [(&str, &str); 6] = [
+    ("fedavg", "fedavg"),
+    ("median", "median"),
+    ("trimmed_mean", "trimmed_mean"),
+    ("krum", "krum"),
+    ("multi_krum", "multi_krum"),
+    ("norm_clip", "norm_clip"),
+];
+
+/// The aggregator of a wire `Aggregator` (empty kind: FedAvg). A parameter set for
+/// another kind is an error naming it (`aggregator.trim`, ...): the sender should hear
+/// about a mistake rather than have it ignored.
+pub fn aggregator_from_proto(p: &proto::Aggregator) -> Result<AggregatorSpec, ConfigError> {
+    let kind = parse_choice("aggregator.kind", &p.kind, &AGGREGATOR_KINDS, "fedavg")?;
+    let spec = match kind {
+        "median" => AggregatorSpec::Median,
+        "trimmed_mean" => AggregatorSpec::TrimmedMean {
+            trim: p.trim as usize,
+        },
+        "krum" => AggregatorSpec::Krum {
+            byzantine: p.byzantine as usize,
+        },
+        "multi_krum" => AggregatorSpec::MultiKrum {
+            byzantine: p.byzantine as usize,
+            selected: p.selected as usize,
+        },
+        "norm_clip" => AggregatorSpec::NormClip {
+            max_norm: p.max_norm,
+        },
+        _ => AggregatorSpec::FedAvg,
+    };
+    for (name, set) in [
+        ("trim", p.trim != 0),
+        ("byzantine", p.byzantine != 0),
+        ("selected", p.selected != 0),
+        ("max_norm", p.max_norm != 0.0),
+    ] {
+        if set && !has_param(&spec, name) {
+            return Err(ConfigError::new(
+                format!("aggregator.{name}"),
+                format!("is not a parameter of kind {kind:?}; leave it zero"),
+            ));
+        }
+    }
+    Ok(spec)
+}
+
+/// Whether `spec`'s kind has the parameter `name` (`trim`, `byzantine`, ...).
+fn has_param(spec: &AggregatorSpec, name: &str) -> bool {
+    match spec {
+        AggregatorSpec::FedAvg | AggregatorSpec::Median => false,
+        AggregatorSpec::TrimmedMean { .. } => name == "trim",
+        AggregatorSpec::Krum { .. } => name == "byzantine",
+        AggregatorSpec::MultiKrum { .. } => name == "byzantine" || name == "selected",
+        AggregatorSpec::NormClip { .. } => name == "max_norm",
+    }
+}
+
+/// The wire form of an aggregator: its kind and only its own parameters.
+pub fn aggregator_to_proto(a: &AggregatorSpec) -> proto::Aggregator {
+    let base = proto::Aggregator {
+        kind: a.kind().to_string(),
+        ..Default::default()
+    };
+    match *a {
+        AggregatorSpec::FedAvg | AggregatorSpec::Median => base,
+        AggregatorSpec::TrimmedMean { trim } => proto::Aggregator {
+            trim: to_u32(trim),
+            ..base
+        },
+        AggregatorSpec::Krum { byzantine } => proto::Aggregator {
+            byzantine: to_u32(byzantine),
+            ..base
+        },
+        AggregatorSpec::MultiKrum {
+            byzantine,
+            selected,
+        } => proto::Aggregator {
+            byzantine: to_u32(byzantine),
+            selected: to_u32(selected),
+            ..base
+        },
+        AggregatorSpec::NormClip { max_norm } => proto::Aggregator { max_norm, ..base },
+    }
+}
+
 impl TryFrom<&proto::InlineDataset> for ValidationData {
     type Error = ConfigError;
 
@@ -190,6 +279,12 @@ impl TryFrom<proto::FederationConfig> for FederationConfig {
                 .map(TryInto::try_into)
                 .transpose()?
                 .unwrap_or_default(),
+            aggregator: p
+                .aggregator
+                .as_ref()
+                .map(aggregator_from_proto)
+                .transpose()?
+                .unwrap_or_default(),
             validation: p.validation.as_ref().map(TryInto::try_into).transpose()?,
             seed: p.seed,
         })
@@ -209,6 +304,7 @@ impl From<&FederationConfig> for proto::FederationConfig {
             round_timeout_ms: c.round_timeout_ms,
             training: Some((&c.training).into()),
             valuation: Some((&c.valuation).into()),
+            aggregator: Some(aggregator_to_proto(&c.aggregator)),
             validation: c.validation.as_ref().map(Into::into),
             seed: c.seed,
         }
@@ -262,6 +358,10 @@ mod tests {
                 threads: 3,
                 max_lag_rounds: 0,
             },
+            aggregator: AggregatorSpec::MultiKrum {
+                byzantine: 0,
+                selected: 3,
+            },
             validation: Some(ValidationData {
                 num_features: 2,
                 features: vec![0.1, -2.5, 3.0, f32::MIN_POSITIVE],
@@ -297,6 +397,73 @@ mod tests {
     }
 
     #[test]
+    fn every_aggregator_round_trips() {
+        let specs = [
+            AggregatorSpec::FedAvg,
+            AggregatorSpec::Median,
+            AggregatorSpec::TrimmedMean { trim: 1 },
+            AggregatorSpec::Krum { byzantine: 0 },
+            AggregatorSpec::MultiKrum {
+                byzantine: 0,
+                selected: 2,
+            },
+            AggregatorSpec::NormClip { max_norm: 0.25 },
+        ];
+        for spec in specs {
+            let wire = aggregator_to_proto(&spec);
+            assert_eq!(wire.kind, spec.kind());
+            assert_eq!(aggregator_from_proto(&wire), Ok(spec));
+            let cfg = FederationConfig {
+                aggregator: spec,
+                ..full()
+            };
+            let wire = proto::FederationConfig::from(&cfg);
+            assert_eq!(FederationConfig::try_from(wire), Ok(cfg));
+        }
+        // The hand-written wire form of Krum with f = 2.
+        let krum = proto::Aggregator {
+            kind: "krum".into(),
+            byzantine: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            aggregator_to_proto(&AggregatorSpec::Krum { byzantine: 2 }),
+            krum
+        );
+    }
+
+    #[test]
+    fn aggregator_wire_errors_name_the_field() {
+        let cases = [
+            ("bulyan", 0, 0.0, "aggregator.kind"),
+            ("median", 1, 0.0, "aggregator.trim"),
+            ("krum", 0, 0.5, "aggregator.max_norm"),
+            ("", 3, 0.0, "aggregator.trim"),
+        ];
+        for (kind, trim, max_norm, field) in cases {
+            let wire = proto::Aggregator {
+                kind: kind.into(),
+                trim,
+                max_norm,
+                ..Default::default()
+            };
+            let err = aggregator_from_proto(&wire).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+        let err = aggregator_from_proto(&proto::Aggregator {
+            kind: "krum".into(),
+            selected: 2,
+            ..Default::default()
+        })
+        .expect_err("selected is multi-krum's");
+        assert_eq!(
+            err.to_string(),
+            "invalid federation config: field `aggregator.selected`: \
+             is not a parameter of kind \"krum\"; leave it zero"
+        );
+    }
+
+    #[test]
     fn missing_messages_and_zeros_mean_defaults() {
         let wire = proto::FederationConfig {
             id: "x".into(),
@@ -316,6 +483,7 @@ mod tests {
         assert_eq!(cfg.valuation, ValuationConfig::default());
         assert_eq!(cfg.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS);
         assert_eq!(cfg.validation, None);
+        assert_eq!(cfg.aggregator, AggregatorSpec::FedAvg);
 
         let zeros = proto::ValuationConfig {
             method: "permutation".into(),

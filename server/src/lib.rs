@@ -4,8 +4,9 @@
 //! (enroll, pull a task, download the global model, upload an update); operators talk
 //! to the `Admin` service (create, inspect and stop federations; read rounds and
 //! contributions; watch events). Each federation's round loop selects clients,
-//! collects updates until a deadline, values the participants by Shapley value,
-//! aggregates with FedAvg and commits the round atomically to the store.
+//! collects updates until a deadline, aggregates them with the configured aggregator
+//! (FedAvg by default) and commits the round atomically to the store; its valuation
+//! worker then values the participants (Shapley value estimators) behind training.
 //!
 //! # Layout
 //! - [`config`]: the federation configuration (TOML/JSON/proto) and its validation.

@@ -1,11 +1,18 @@
-//! Closing a horizontal round: aggregate the updates with FedAvg and score the new
-//! global model on the validation set.
+//! Closing a horizontal round: aggregate the updates with the federation's aggregator and
+//! score the new global model on the validation set.
+//!
+//! A round with too few updates for the configured aggregator (Krum with `byzantine = f`
+//! needs more than `2f + 2`, a trimmed mean more than `2 trim`, ...) is aggregated with
+//! FedAvg instead: dropping the round would stall training and picking a "robust" result
+//! from too few updates is meaningless. The fallback is logged (warn) and recorded in the
+//! round's metrics as `aggregator_fallback = 1`; a selecting aggregator records how many
+//! updates it kept as `aggregator_selected`.
 //!
 //! A plain function of the round's inputs, run on the blocking pool by the round loop.
 //! Valuing the participants is a separate step (`round_value`), run after the commit by
 //! the federation's valuation worker, so a slow valuation never holds a round open.
 
-use fedval_core::aggregate::{apply_update, fedavg};
+use fedval_core::aggregate::{AggregatorSpec, Update, apply_update};
 use fedval_core::data::Dataset;
 
 use crate::config::FederationConfig;
@@ -29,9 +36,12 @@ pub fn close_round(
     updates: &[AcceptedUpdate],
     round: u64,
 ) -> ServiceResult<Aggregated> {
-    let weighted: Vec<(&[f32], f64)> = updates
+    let weighted: Vec<Update<'_>> = updates
         .iter()
-        .map(|u| (u.delta.as_slice(), u.record.num_samples as f64))
+        .map(|u| Update {
+            delta: u.delta.as_slice(),
+            weight: u.record.num_samples as f64,
+        })
         .collect();
     // Every update was checked against the model on upload, but restored ones come from
     // disk: check again rather than let `apply_update` panic on a length mismatch.
@@ -43,15 +53,34 @@ pub fn close_round(
             global.len()
         )));
     }
-    let mean =
-        fedavg(&weighted).map_err(|e| ServiceError::Internal(format!("aggregation: {e}")))?;
-    let params = apply_update(global, &mean);
+    let (spec, fell_back) = match config.aggregator.validate(weighted.len()) {
+        Ok(()) => (config.aggregator, false),
+        Err(e) => {
+            tracing::warn!(
+                federation = %config.id,
+                round,
+                error = %e,
+                "too few updates for the configured aggregator; this round uses fedavg"
+            );
+            (AggregatorSpec::FedAvg, true)
+        }
+    };
+    let aggregate = spec
+        .aggregate(&weighted)
+        .map_err(|e| ServiceError::Internal(format!("aggregation ({spec}): {e}")))?;
+    let params = apply_update(global, &aggregate.delta);
     if let Some(index) = params.iter().position(|p| !p.is_finite()) {
         return Err(ServiceError::Internal(format!(
             "round {round}: the aggregated model is not finite at index {index}"
         )));
     }
     let mut metrics = client_metrics(updates);
+    if fell_back {
+        metrics.push(("aggregator_fallback".into(), 1.0));
+    }
+    if let Some(selected) = &aggregate.selected {
+        metrics.push(("aggregator_selected".into(), selected.len() as f64));
+    }
     if let Some(data) = validation {
         let m = config
             .model
@@ -115,6 +144,66 @@ pub(crate) mod tests {
         assert_eq!(
             err.to_string(),
             "internal error: round 1: the update of b has 8 values but the model has 9"
+        );
+    }
+
+    /// `config(1)` with `aggregator`.
+    fn with(aggregator: AggregatorSpec) -> FederationConfig {
+        FederationConfig {
+            aggregator,
+            ..config(1)
+        }
+    }
+
+    /// Four honest one-sample updates near 1 and one far adversary, on a 9-parameter model.
+    fn honest_and_one_far() -> Vec<AcceptedUpdate> {
+        let mut updates: Vec<AcceptedUpdate> = [1.0f32, 2.0, 1.5, 0.5]
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| update(&format!("h{i}"), vec![x; 9]))
+            .collect();
+        updates.push(update("bad", vec![1000.0; 9]));
+        updates
+    }
+
+    #[test]
+    fn the_configured_aggregator_is_used() {
+        let global = vec![0.0f32; 9];
+        let updates = honest_and_one_far();
+        let close = |spec| close_round(&with(spec), None, &global, &updates, 1).expect("closes");
+        // Median of 1, 2, 1.5, 0.5, 1000 is 1.5.
+        let median = close(AggregatorSpec::Median);
+        assert_eq!(median.params, vec![1.5; 9]);
+        assert!(median.metrics.is_empty(), "{:?}", median.metrics);
+        // Trimmed mean (trim 1) keeps 1, 1.5, 2.
+        let trimmed = close(AggregatorSpec::TrimmedMean { trim: 1 });
+        assert_eq!(trimmed.params, vec![1.5; 9]);
+        // Krum (f = 1, n = 5 > 4): scores over the 2 nearest, squared distances times 9:
+        // 1 -> {0.25, 0.25} (1.5, 0.5), the lowest; 1.5 -> {0.25, 0.25} too but index 2 > 0.
+        let krum = close(AggregatorSpec::Krum { byzantine: 1 });
+        assert_eq!(krum.params, vec![1.0; 9]);
+        assert_eq!(krum.metrics, vec![("aggregator_selected".to_string(), 1.0)]);
+        // FedAvg is dragged by the adversary: (1 + 2 + 1.5 + 0.5 + 1000) / 5 = 201.
+        assert_eq!(close(AggregatorSpec::FedAvg).params, vec![201.0; 9]);
+    }
+
+    #[test]
+    fn too_few_updates_fall_back_to_fedavg() {
+        let global = vec![0.0f32; 9];
+        let updates = &honest_and_one_far()[..4];
+        // Krum with f = 1 needs 5 updates; the round has 4, so FedAvg: (1+2+1.5+0.5)/4 = 1.25.
+        let closed = close_round(
+            &with(AggregatorSpec::Krum { byzantine: 1 }),
+            None,
+            &global,
+            updates,
+            1,
+        )
+        .expect("falls back rather than failing");
+        assert_eq!(closed.params, vec![1.25; 9]);
+        assert_eq!(
+            closed.metrics,
+            vec![("aggregator_fallback".to_string(), 1.0)]
         );
     }
 

@@ -4,12 +4,16 @@
 //! # Layout
 //! - [`scenario`]: [`SimConfig`], the clients' behaviours, partitions and models.
 //! - [`setup`]: turns a config into a test set, a validation set and client data.
+//! - [`adversary`]: the attacks that alter uploads, as a [`fedval_client::Trainer`] wrapper.
+//! - [`metrics`]: standalone accuracy, fairness, honest accuracy, attack success.
 //! - [`runner`]: starts the server, creates the federation, runs the clients.
 //! - [`report`]: the final table and the JSON/CSV files.
 //! - [`export`]: the scenario's data as CSV files plus a server settings file, to run
 //!   the same federation as separate processes.
 
+pub mod adversary;
 pub mod export;
+pub mod metrics;
 pub mod report;
 pub mod runner;
 pub mod scenario;
@@ -17,7 +21,7 @@ pub mod setup;
 
 pub use report::Report;
 pub use runner::{SimOptions, run};
-pub use scenario::{Behaviour, SimConfig};
+pub use scenario::{Adversaries, Behaviour, SimConfig};
 
 use std::path::PathBuf;
 

@@ -3,11 +3,15 @@
 //! With no arguments it runs the demo: 10 clients on digits with Dirichlet label skew,
 //! one client with shuffled labels, one with very little data, 20 rounds, on an
 //! embedded server; then prints the per-client table and writes `fedval-out/`.
+//! `--scenario FILE` (e.g. `sim/scenarios/sign_flip.toml`) runs a scenario file and adds
+//! standalone accuracy, test accuracy and removal round to the table, then a summary of
+//! honest accuracy, fairness and attack success.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use fedval_core::aggregate::AggregatorSpec;
 use fedval_sim::scenario::{ModelChoice, Partition};
 use fedval_sim::{SimConfig, SimOptions};
 
@@ -73,6 +77,10 @@ struct Args {
     /// Local epochs per round.
     #[arg(long)]
     epochs: Option<u32>,
+    /// Aggregator: fedavg, median, trimmed_mean:TRIM, krum:BYZANTINE,
+    /// multi_krum:BYZANTINE:SELECTED or norm_clip:MAX_NORM.
+    #[arg(long, value_parser = parse_aggregator)]
+    aggregator: Option<AggregatorSpec>,
     /// Master seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -134,10 +142,50 @@ fn config(args: &Args) -> anyhow::Result<SimConfig> {
     if let Some(v) = args.epochs {
         c.local_epochs = v;
     }
+    if let Some(v) = &args.aggregator {
+        c.aggregator = *v;
+    }
     if let Some(v) = args.seed {
         c.seed = v;
     }
     Ok(c)
+}
+
+/// `kind[:param[:param]]`, e.g. `krum:2` or `multi_krum:2:6`; validated by the server.
+fn parse_aggregator(text: &str) -> Result<AggregatorSpec, String> {
+    let mut parts = text.split(':');
+    let kind = parts.next().unwrap_or_default();
+    let params: Vec<&str> = parts.collect();
+    let int = |i: usize| -> Result<usize, String> {
+        params
+            .get(i)
+            .ok_or_else(|| format!("{kind} needs {} parameter(s), e.g. krum:2", i + 1))?
+            .parse()
+            .map_err(|e| format!("{kind}: bad parameter {:?}: {e}", params[i]))
+    };
+    let spec = match kind {
+        "fedavg" => AggregatorSpec::FedAvg,
+        "median" => AggregatorSpec::Median,
+        "trimmed_mean" => AggregatorSpec::TrimmedMean { trim: int(0)? },
+        "krum" => AggregatorSpec::Krum { byzantine: int(0)? },
+        "multi_krum" => AggregatorSpec::MultiKrum {
+            byzantine: int(0)?,
+            selected: int(1)?,
+        },
+        "norm_clip" => AggregatorSpec::NormClip {
+            max_norm: params
+                .first()
+                .ok_or("norm_clip needs a bound, e.g. norm_clip:1.0")?
+                .parse()
+                .map_err(|e| format!("norm_clip: bad bound: {e}"))?,
+        },
+        other => {
+            return Err(format!(
+                "unknown aggregator {other:?}: use fedavg, median, trimmed_mean:K, krum:F, multi_krum:F:M or norm_clip:C"
+            ));
+        }
+    };
+    Ok(spec)
 }
 
 #[tokio::main]
@@ -177,7 +225,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     report
         .write(&args.out)
         .with_context(|| format!("writing the report to {}", args.out.display()))?;
-    print!("{}", report.table());
+    // A scenario file gets the attack metrics; the demo's output stays as it was.
+    let detailed = args.scenario.is_some();
+    print!("{}", report.table(detailed));
+    if detailed {
+        print!("{}", report.summary());
+    }
     println!(
         "final test accuracy {:.4} (loss {:.4}) after {} rounds; {:.1} s wall time; report in {}",
         report.final_test_accuracy,
@@ -187,4 +240,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregator_flags_parse() {
+        assert_eq!(parse_aggregator("median"), Ok(AggregatorSpec::Median));
+        assert_eq!(
+            parse_aggregator("krum:2"),
+            Ok(AggregatorSpec::Krum { byzantine: 2 })
+        );
+        assert_eq!(
+            parse_aggregator("multi_krum:2:6"),
+            Ok(AggregatorSpec::MultiKrum {
+                byzantine: 2,
+                selected: 6
+            })
+        );
+        assert_eq!(
+            parse_aggregator("norm_clip:0.5"),
+            Ok(AggregatorSpec::NormClip { max_norm: 0.5 })
+        );
+        assert!(
+            parse_aggregator("krum")
+                .unwrap_err()
+                .contains("needs 1 parameter")
+        );
+        assert!(
+            parse_aggregator("mean")
+                .unwrap_err()
+                .contains("unknown aggregator")
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::SimError;
+use crate::metrics::RunMetrics;
 use crate::scenario::SimConfig;
 
 /// One committed round.
@@ -41,12 +42,21 @@ pub struct ClientRow {
     pub name: String,
     pub client_id: String,
     pub behaviour: String,
+    /// Whether the behaviour attacks the federation ([`crate::Behaviour::is_adversary`]).
+    pub adversary: bool,
     pub samples: usize,
     /// Cumulative Shapley value (sum over rounds).
     pub shapley: f64,
     pub rounds_participated: u64,
     /// The final global model's accuracy on this client's local data.
     pub final_accuracy: f64,
+    /// Test accuracy of a model trained alone on this client's data (see [`crate::metrics`]).
+    pub standalone_accuracy: f64,
+    /// Test accuracy of the final model this client received.
+    pub test_accuracy: f64,
+    /// The round in which the server removed this client; `None` if never removed (the
+    /// server removes nobody until reputation-based aggregation exists).
+    pub removal_round: Option<u64>,
 }
 
 /// Everything a run reports.
@@ -61,6 +71,8 @@ pub struct Report {
     pub final_test_loss: f64,
     pub rounds: Vec<RoundRow>,
     pub clients: Vec<ClientRow>,
+    /// Fairness, honest accuracy and attack success (see [`crate::metrics`]).
+    pub metrics: RunMetrics,
 }
 
 impl Report {
@@ -110,19 +122,22 @@ impl Report {
 
     fn clients_csv(&self) -> String {
         let mut s = String::from(
-            "name,client_id,behaviour,samples,shapley,rounds_participated,final_accuracy\n",
+            "name,client_id,behaviour,samples,shapley,rounds_participated,final_accuracy,standalone_accuracy,test_accuracy,removal_round\n",
         );
         for c in &self.clients {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{:.8},{},{:.6}",
+                "{},{},{},{},{:.8},{},{:.6},{:.6},{:.6},{}",
                 csv_field(&c.name),
                 c.client_id,
                 c.behaviour,
                 c.samples,
                 c.shapley,
                 c.rounds_participated,
-                c.final_accuracy
+                c.final_accuracy,
+                c.standalone_accuracy,
+                c.test_accuracy,
+                c.removal_round.map_or(String::new(), |r| r.to_string())
             );
         }
         s
@@ -139,21 +154,95 @@ impl Report {
     }
 
     /// The per-client table printed at the end of a run, highest value first.
-    pub fn table(&self) -> String {
+    ///
+    /// `detailed` adds three columns: standalone accuracy, the test accuracy of the
+    /// client's final model and its removal round (`-`: never removed); without it the
+    /// table has the demo's original five columns.
+    pub fn table(&self, detailed: bool) -> String {
         let mut rows: Vec<&ClientRow> = self.clients.iter().collect();
         rows.sort_by(|a, b| b.shapley.total_cmp(&a.shapley));
+        let width = rows
+            .iter()
+            .map(|c| c.behaviour.len())
+            .max()
+            .unwrap_or(0)
+            .max(10);
         let mut s = String::new();
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "{:<12} {:>8} {:<10} {:>14} {:>10}",
+            "{:<12} {:>8} {:<width$} {:>14} {:>10}",
             "client", "samples", "behaviour", "shapley (sum)", "final acc"
         );
-        for c in rows {
-            let _ = writeln!(
+        if detailed {
+            let _ = write!(
                 s,
-                "{:<12} {:>8} {:<10} {:>14.5} {:>10.4}",
+                " {:>10} {:>9} {:>8}",
+                "standalone", "test acc", "removed"
+            );
+        }
+        s.push('\n');
+        for c in rows {
+            let _ = write!(
+                s,
+                "{:<12} {:>8} {:<width$} {:>14.5} {:>10.4}",
                 c.name, c.samples, c.behaviour, c.shapley, c.final_accuracy
             );
+            if detailed {
+                let removed = c.removal_round.map_or("-".to_string(), |r| r.to_string());
+                let _ = write!(
+                    s,
+                    " {:>10.4} {:>9.4} {:>8}",
+                    c.standalone_accuracy, c.test_accuracy, removed
+                );
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// The short block printed after the table: aggregator, honest accuracy, fairness and,
+    /// with label flippers, the attack success rate.
+    pub fn summary(&self) -> String {
+        let m = &self.metrics;
+        let mut s = String::new();
+        let _ = writeln!(s, "aggregator {}", self.config.aggregator);
+        let honest = self.clients.iter().filter(|c| !c.adversary).count();
+        let _ = writeln!(
+            s,
+            "honest clients' accuracy {:.4} (mean test accuracy of {honest} final models)",
+            m.honest_accuracy
+        );
+        match (m.fairness, &m.fairness_note) {
+            (Some(r), _) => {
+                let _ = writeln!(s, "fairness {r:.4} (Pearson: standalone vs final accuracy)");
+            }
+            (None, note) => {
+                let _ = writeln!(
+                    s,
+                    "fairness n/a ({})",
+                    note.as_deref().unwrap_or("undefined")
+                );
+            }
+        }
+        if let Some(rate) = m.attack_success_rate {
+            let _ = writeln!(
+                s,
+                "label-flip attack success {rate:.4} (test samples predicted as C - 1 - y)"
+            );
+        }
+        let removed: Vec<String> = self
+            .clients
+            .iter()
+            .filter(|c| c.adversary)
+            .map(|c| {
+                let when = c
+                    .removal_round
+                    .map_or("never".to_string(), |r| format!("round {r}"));
+                format!("{} removed {when}", c.name)
+            })
+            .collect();
+        if !removed.is_empty() {
+            let _ = writeln!(s, "adversaries: {}", removed.join(", "));
         }
         s
     }

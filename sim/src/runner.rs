@@ -2,6 +2,10 @@
 //! one federation created through the Admin API, one task per client with its own gRPC
 //! channel running the client SDK's task loop, and a progress bar fed by the Admin
 //! event stream. Returns the [`Report`].
+//!
+//! Every client runs an [`AdversaryTrainer`] (honest clients with [`Attack::Honest`]).
+//! Late joiners are held back until the event stream reports round `late_join_round`
+//! committed, then enroll like the others.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fedval_client::{FederationClient, ModelTrainer, RunOptions, connect, run_node};
 use fedval_core::data::Dataset;
-use fedval_core::model::ModelSpec;
+use fedval_core::model::{ModelSpec, TrainConfig};
 use fedval_core::tensor;
 use fedval_proto::v1 as pb;
 use fedval_proto::v1::admin_client::AdminClient;
@@ -21,9 +25,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::SimError;
+use crate::adversary::{AdversaryTrainer, Attack, SybilGroup};
+use crate::metrics::{self, RunMetrics};
 use crate::report::{ClientRow, Report, RoundRow};
-use crate::scenario::{ModelChoice, SimConfig};
-use crate::setup::{Prepared, prepare};
+use crate::scenario::{Behaviour, ModelChoice, SimConfig};
+use crate::setup::{ClientPlan, Prepared, prepare};
 
 /// Where and how to run.
 #[derive(Clone, Debug)]
@@ -96,7 +102,7 @@ pub fn federation_config(
         enrollment_secret: secret.to_string(),
         model: Some(pb::ModelSpec::from(&spec)),
         rounds: config.rounds as u32,
-        min_clients: config.clients as u32,
+        min_clients: config.initial_clients() as u32,
         clients_per_round: 0,
         round_timeout_ms: config.round_timeout_ms,
         training: Some(pb::TrainingParams {
@@ -120,6 +126,9 @@ pub fn federation_config(
             labels: prepared.validation.labels.clone(),
         }),
         seed: config.seed,
+        aggregator: Some(fedval_server::convert::aggregator_to_proto(
+            &config.aggregator,
+        )),
     }
 }
 
@@ -128,6 +137,116 @@ struct ClientResult {
     client_id: String,
     final_model: Vec<f32>,
     final_accuracy: f64,
+}
+
+/// Where client tasks connect and how they run.
+#[derive(Clone)]
+struct Launch {
+    url: String,
+    federation_id: String,
+    secret: String,
+    run_opts: RunOptions,
+}
+
+type ClientTask = tokio::task::JoinHandle<Result<ClientResult, SimError>>;
+
+/// The trainer seed of client `index`: `seed + 1 + index`, except that every Sybil
+/// identity uses the first identity's seed (one party, one training run).
+fn trainer_seed(config: &SimConfig, prepared: &Prepared, index: usize) -> u64 {
+    let source = match prepared.clients.get(index).map(|c| c.behaviour) {
+        Some(Behaviour::Sybil) => prepared
+            .clients
+            .iter()
+            .position(|c| c.behaviour == Behaviour::Sybil)
+            .unwrap_or(index),
+        _ => index,
+    };
+    config.seed.wrapping_add(1 + source as u64)
+}
+
+/// The attack a behaviour uploads with.
+fn attack(behaviour: Behaviour, config: &SimConfig, sybil: &SybilGroup) -> Attack {
+    match behaviour {
+        Behaviour::FreeRiderNoise => Attack::FreeRiderNoise,
+        Behaviour::FreeRiderZero => Attack::FreeRiderZero,
+        Behaviour::SignFlip => Attack::SignFlip,
+        Behaviour::ScaledNoise => Attack::ScaledNoise {
+            factor: config.adversaries.noise_scale,
+        },
+        Behaviour::Sybil => Attack::Sybil(sybil.clone()),
+        Behaviour::Honest
+        | Behaviour::Noisy
+        | Behaviour::Tiny
+        | Behaviour::LabelFlip
+        | Behaviour::LateJoiner => Attack::Honest,
+    }
+}
+
+/// Starts client `index`: enroll, run the task loop, evaluate the final model.
+fn spawn_client(
+    launch: &Launch,
+    index: usize,
+    plan: ClientPlan,
+    seed: u64,
+    attack: Attack,
+) -> ClientTask {
+    let launch = launch.clone();
+    tokio::spawn(async move {
+        let channel = connect(&launch.url).await?;
+        let samples = plan.data.len() as u64;
+        let mut client = FederationClient::enroll(
+            channel,
+            &launch.federation_id,
+            &launch.secret,
+            &plan.name,
+            samples,
+        )
+        .await?;
+        let inner = ModelTrainer::new(client.model().clone(), plan.data, seed)?;
+        let trainer = AdversaryTrainer::new(inner, attack, seed);
+        let summary = run_node(&mut client, trainer, &launch.run_opts).await?;
+        let final_accuracy = summary
+            .final_metrics
+            .iter()
+            .find(|(n, _)| n == "accuracy")
+            .map_or(f64::NAN, |(_, v)| *v);
+        Ok::<_, SimError>(ClientResult {
+            index,
+            client_id: client.client_id().to_string(),
+            final_model: summary.final_model,
+            final_accuracy,
+        })
+    })
+}
+
+/// Standalone test accuracy of every client (see [`metrics`]), in index order.
+fn standalone_accuracies(
+    config: &SimConfig,
+    prepared: &Prepared,
+    spec: &ModelSpec,
+) -> Result<Vec<f64>, SimError> {
+    let cfg = TrainConfig {
+        epochs: (config.rounds as usize).saturating_mul(config.local_epochs as usize),
+        batch_size: config.batch_size as usize,
+        learning_rate: config.learning_rate,
+        l2: 0.0,
+    };
+    prepared
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(index, plan)| {
+            let seed = trainer_seed(config, prepared, index);
+            Ok(metrics::standalone_accuracy(
+                spec,
+                &plan.data,
+                &prepared.test,
+                &cfg,
+                config.seed,
+                seed,
+            )?)
+        })
+        .collect()
 }
 
 /// Runs the whole simulation and returns its report (files are written by the caller).
@@ -183,35 +302,23 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         max_wait: Duration::from_secs(2),
         ..RunOptions::default()
     };
+    let launch = Launch {
+        url: url.clone(),
+        federation_id: federation_id.clone(),
+        secret,
+        run_opts,
+    };
+    let sybil = SybilGroup::new();
     let mut tasks = Vec::with_capacity(prepared.clients.len());
+    let mut late = Vec::new();
     for (index, plan) in prepared.clients.iter().cloned().enumerate() {
-        let (url, federation_id, secret, run_opts) = (
-            url.clone(),
-            federation_id.clone(),
-            secret.clone(),
-            run_opts.clone(),
-        );
-        let seed = config.seed.wrapping_add(1 + index as u64);
-        tasks.push(tokio::spawn(async move {
-            let channel = connect(&url).await?;
-            let samples = plan.data.len() as u64;
-            let mut client =
-                FederationClient::enroll(channel, &federation_id, &secret, &plan.name, samples)
-                    .await?;
-            let trainer = ModelTrainer::new(client.model().clone(), plan.data, seed)?;
-            let summary = run_node(&mut client, trainer, &run_opts).await?;
-            let final_accuracy = summary
-                .final_metrics
-                .iter()
-                .find(|(n, _)| n == "accuracy")
-                .map_or(f64::NAN, |(_, v)| *v);
-            Ok::<_, SimError>(ClientResult {
-                index,
-                client_id: client.client_id().to_string(),
-                final_model: summary.final_model,
-                final_accuracy,
-            })
-        }));
+        let seed = trainer_seed(config, &prepared, index);
+        let attack = attack(plan.behaviour, config, &sybil);
+        if plan.behaviour == Behaviour::LateJoiner {
+            late.push((index, plan, seed, attack));
+        } else {
+            tasks.push(spawn_client(&launch, index, plan, seed, attack));
+        }
     }
 
     let bar = if opts.progress {
@@ -235,6 +342,11 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
                     .map_or(f64::NAN, |m| m.value);
                 bar.set_position(r.round);
                 bar.set_message(format!("val acc {acc:.3}"));
+                if r.round >= config.adversaries.late_join_round {
+                    for (index, plan, seed, attack) in late.drain(..) {
+                        tasks.push(spawn_client(&launch, index, plan, seed, attack));
+                    }
+                }
             }
             Some(pb::federation_event::Kind::Ended(_)) => break,
             _ => {}
@@ -275,28 +387,44 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         .map(|r| r.final_model.clone())
         .unwrap_or_default();
     let test = spec.evaluate(&final_model, &prepared.test)?;
+    let standalone = {
+        let (config, prepared, spec) = (config.clone(), prepared.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || standalone_accuracies(&config, &prepared, &spec))
+            .await
+            .map_err(|e| SimError::Client(format!("standalone training panicked: {e}")))??
+    };
+    let mut test_accuracy = Vec::with_capacity(results.len());
+    for r in &results {
+        test_accuracy.push(spec.evaluate(&r.final_model, &prepared.test)?.accuracy);
+    }
 
     let names: HashMap<String, String> = results
         .iter()
         .map(|r| (r.client_id.clone(), prepared.clients[r.index].name.clone()))
         .collect();
     let round_rows = rounds.iter().map(|r| round_row(r, &names)).collect();
-    let clients = results
+    let clients: Vec<ClientRow> = results
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(i, r)| {
             let plan = &prepared.clients[r.index];
             let contribution = contributions.iter().find(|c| c.client_id == r.client_id);
             ClientRow {
                 name: plan.name.clone(),
                 client_id: r.client_id.clone(),
                 behaviour: plan.behaviour.as_str().to_string(),
+                adversary: plan.behaviour.is_adversary(),
                 samples: plan.data.len(),
                 shapley: contribution.map_or(0.0, |c| c.cumulative_value),
                 rounds_participated: contribution.map_or(0, |c| c.rounds_participated),
                 final_accuracy: r.final_accuracy,
+                standalone_accuracy: standalone.get(r.index).copied().unwrap_or(f64::NAN),
+                test_accuracy: test_accuracy.get(i).copied().unwrap_or(f64::NAN),
+                removal_round: None,
             }
         })
         .collect();
+    let run_metrics = run_metrics(config, &spec, &prepared, &results, &clients)?;
     Ok(Report {
         config: config.clone(),
         federation_id,
@@ -306,6 +434,46 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         final_test_loss: test.loss,
         rounds: round_rows,
         clients,
+        metrics: run_metrics,
+    })
+}
+
+/// Fairness, honest accuracy and label-flip success over the honest clients.
+fn run_metrics(
+    config: &SimConfig,
+    spec: &ModelSpec,
+    prepared: &Prepared,
+    results: &[ClientResult],
+    clients: &[ClientRow],
+) -> Result<RunMetrics, SimError> {
+    let honest: Vec<usize> = (0..clients.len())
+        .filter(|&i| !clients[i].adversary)
+        .collect();
+    let standalone: Vec<f64> = honest
+        .iter()
+        .map(|&i| clients[i].standalone_accuracy)
+        .collect();
+    let final_acc: Vec<f64> = honest.iter().map(|&i| clients[i].test_accuracy).collect();
+    let (fairness, fairness_note) = metrics::fairness(&standalone, &final_acc);
+    let honest_accuracy = final_acc.iter().sum::<f64>() / final_acc.len().max(1) as f64;
+    let attack_success_rate = if config.adversaries.label_flip > 0 {
+        let mut rates = Vec::with_capacity(honest.len());
+        for &i in &honest {
+            if let Some(rate) =
+                metrics::flip_success_rate(spec, &results[i].final_model, &prepared.test)?
+            {
+                rates.push(rate);
+            }
+        }
+        (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
+    } else {
+        None
+    };
+    Ok(RunMetrics {
+        fairness,
+        fairness_note,
+        honest_accuracy,
+        attack_success_rate,
     })
 }
 

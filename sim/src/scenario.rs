@@ -3,7 +3,12 @@
 //! [`SimConfig`] is one serde struct (so it can be read from a file and is echoed into
 //! the report); its `Default` is the demo: 10 clients on digits with Dirichlet label
 //! skew, one client with shuffled labels and one with very little data, 20 rounds.
+//!
+//! Adversarial clients are counted in the `[adversaries]` table ([`Adversaries`]); client
+//! indices are assigned in a fixed order (see [`SimConfig::behaviour`]) so the same file
+//! always attacks with the same clients.
 
+use fedval_core::aggregate::AggregatorSpec;
 use serde::{Deserialize, Serialize};
 
 /// How a simulated client behaves.
@@ -16,6 +21,20 @@ pub enum Behaviour {
     Noisy,
     /// Holds very little data (`SimConfig::tiny_samples` rows).
     Tiny,
+    /// Free rider: uploads uniform noise in [-1, 1] instead of training.
+    FreeRiderNoise,
+    /// Free rider: sends the global model back unchanged (a zero update).
+    FreeRiderZero,
+    /// Trains on its data with every label `y` replaced by `C - 1 - y`.
+    LabelFlip,
+    /// Trains honestly and uploads the negated update.
+    SignFlip,
+    /// Uploads Gaussian noise scaled to `noise_scale` times the norm of its own honest update.
+    ScaledNoise,
+    /// One of `sybil_copies` identities of the same party that all upload the same update.
+    Sybil,
+    /// Honest, but enrolls only after round `late_join_round` is committed.
+    LateJoiner,
 }
 
 impl Behaviour {
@@ -25,7 +44,81 @@ impl Behaviour {
             Behaviour::Honest => "honest",
             Behaviour::Noisy => "noisy",
             Behaviour::Tiny => "tiny",
+            Behaviour::FreeRiderNoise => "free_rider_noise",
+            Behaviour::FreeRiderZero => "free_rider_zero",
+            Behaviour::LabelFlip => "label_flip",
+            Behaviour::SignFlip => "sign_flip",
+            Behaviour::ScaledNoise => "scaled_noise",
+            Behaviour::Sybil => "sybil",
+            Behaviour::LateJoiner => "late_joiner",
         }
+    }
+
+    /// Whether the client attacks the federation (honest, noisy, tiny and late clients do
+    /// not; they are the "honest" clients of the fairness and accuracy metrics).
+    pub fn is_adversary(self) -> bool {
+        !matches!(
+            self,
+            Behaviour::Honest | Behaviour::Noisy | Behaviour::Tiny | Behaviour::LateJoiner
+        )
+    }
+}
+
+/// How many clients of each adversarial behaviour a scenario has (the `[adversaries]`
+/// table of a scenario file), plus the attacks' parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Adversaries {
+    /// Free riders uploading uniform noise in [-1, 1].
+    pub free_rider_noise: usize,
+    /// Free riders uploading a zero update.
+    pub free_rider_zero: usize,
+    /// Label flippers (`y -> C - 1 - y`).
+    pub label_flip: usize,
+    /// Sign flippers (the honest update negated).
+    pub sign_flip: usize,
+    /// Scaled-noise uploaders.
+    pub scaled_noise: usize,
+    /// Gaussian noise norm as a multiple of the client's own honest update norm.
+    pub noise_scale: f64,
+    /// Identities of the one Sybil party (0: none; otherwise at least 2). They all
+    /// upload the same update, trained honestly on the first identity's data.
+    pub sybil_copies: usize,
+    /// Honest clients that enroll late.
+    pub late_joiner: usize,
+    /// Late joiners enroll once this round is committed (1 <= k < rounds).
+    pub late_join_round: u64,
+}
+
+impl Default for Adversaries {
+    /// No adversaries; noise scale 1; late joiners (if any) after round 5.
+    fn default() -> Self {
+        Adversaries {
+            free_rider_noise: 0,
+            free_rider_zero: 0,
+            label_flip: 0,
+            sign_flip: 0,
+            scaled_noise: 0,
+            noise_scale: 1.0,
+            sybil_copies: 0,
+            late_joiner: 0,
+            late_join_round: 5,
+        }
+    }
+}
+
+impl Adversaries {
+    /// The behaviours in index order with their counts.
+    fn counts(&self) -> [(Behaviour, usize); 7] {
+        [
+            (Behaviour::FreeRiderNoise, self.free_rider_noise),
+            (Behaviour::FreeRiderZero, self.free_rider_zero),
+            (Behaviour::LabelFlip, self.label_flip),
+            (Behaviour::SignFlip, self.sign_flip),
+            (Behaviour::ScaledNoise, self.scaled_noise),
+            (Behaviour::Sybil, self.sybil_copies),
+            (Behaviour::LateJoiner, self.late_joiner),
+        ]
     }
 }
 
@@ -91,6 +184,13 @@ pub struct SimConfig {
     pub round_timeout_ms: u64,
     /// Master seed: data split, partition, behaviours, model init, training, valuation.
     pub seed: u64,
+    /// The federation's aggregator, e.g. `{ kind = "fedavg" }`, `{ kind = "median" }`,
+    /// `{ kind = "trimmed_mean", trim = 2 }`, `{ kind = "krum", byzantine = 2 }`,
+    /// `{ kind = "multi_krum", byzantine = 2, selected = 6 }`,
+    /// `{ kind = "norm_clip", max_norm = 1.0 }`; sent with the federation's configuration.
+    pub aggregator: AggregatorSpec,
+    /// Adversarial and late clients.
+    pub adversaries: Adversaries,
 }
 
 impl Default for SimConfig {
@@ -114,20 +214,243 @@ impl Default for SimConfig {
             utility: "neg_log_loss".into(),
             round_timeout_ms: 30_000,
             seed: 42,
+            aggregator: AggregatorSpec::FedAvg,
+            adversaries: Adversaries::default(),
         }
     }
 }
 
 impl SimConfig {
     /// The behaviour of client `index`: the first `noisy` clients are noisy, the next
-    /// `tiny` are tiny, the rest honest.
+    /// `tiny` are tiny, then the adversaries in the order of [`Adversaries`]' fields
+    /// (free riders with noise, zero free riders, label flippers, sign flippers, scaled
+    /// noise, Sybil identities, late joiners); the rest are honest.
     pub fn behaviour(&self, index: usize) -> Behaviour {
-        if index < self.noisy {
-            Behaviour::Noisy
-        } else if index < self.noisy + self.tiny {
-            Behaviour::Tiny
-        } else {
-            Behaviour::Honest
+        let mut end = 0;
+        let groups = [(Behaviour::Noisy, self.noisy), (Behaviour::Tiny, self.tiny)];
+        for (behaviour, count) in groups.into_iter().chain(self.adversaries.counts()) {
+            end += count;
+            if index < end {
+                return behaviour;
+            }
         }
+        Behaviour::Honest
+    }
+
+    /// Clients that are not honest by construction (noisy, tiny, adversaries, late).
+    pub fn special_clients(&self) -> usize {
+        self.noisy
+            + self.tiny
+            + self
+                .adversaries
+                .counts()
+                .iter()
+                .map(|&(_, n)| n)
+                .sum::<usize>()
+    }
+
+    /// Clients enrolled before the first round (all but the late joiners).
+    pub fn initial_clients(&self) -> usize {
+        self.clients.saturating_sub(self.adversaries.late_joiner)
+    }
+
+    /// Checks the counts and attack parameters against each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.clients == 0 {
+            return Err("clients must be at least 1".into());
+        }
+        if self.special_clients() > self.clients {
+            return Err(format!(
+                "noisy ({}) + tiny ({}) + adversaries ({}) exceed the number of clients ({})",
+                self.noisy,
+                self.tiny,
+                self.special_clients() - self.noisy - self.tiny,
+                self.clients
+            ));
+        }
+        let adv = &self.adversaries;
+        if adv.sybil_copies == 1 {
+            return Err("sybil_copies must be 0 (no Sybil) or at least 2 identities".into());
+        }
+        if !(adv.noise_scale.is_finite() && adv.noise_scale > 0.0) {
+            return Err(format!(
+                "noise_scale must be positive and finite, got {}",
+                adv.noise_scale
+            ));
+        }
+        if adv.late_joiner > 0 {
+            if adv.late_join_round == 0 || adv.late_join_round >= self.rounds {
+                return Err(format!(
+                    "late_join_round must be in 1..{} (rounds), got {}",
+                    self.rounds, adv.late_join_round
+                ));
+            }
+            if adv.late_joiner >= self.clients {
+                return Err(format!(
+                    "late joiners ({}) leave nobody to start the federation ({} clients)",
+                    adv.late_joiner, self.clients
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+
+    fn scenario(name: &str) -> SimConfig {
+        let path = format!("{SCENARIOS}/{name}.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn every_shipped_scenario_parses_and_is_valid() {
+        let mut names: Vec<String> = std::fs::read_dir(SCENARIOS)
+            .expect("scenarios directory")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "baseline",
+                "free_riders",
+                "label_flip",
+                "late_joiner",
+                "scaled_noise",
+                "sign_flip",
+                "sybil"
+            ]
+        );
+        for name in &names {
+            let config = scenario(name);
+            assert_eq!(config.validate(), Ok(()), "{name}");
+            assert_eq!(
+                (config.dataset.as_str(), config.clients, config.rounds),
+                ("digits", 10, 20)
+            );
+            assert_eq!((config.noisy, config.tiny), (0, 0), "{name}");
+            assert_eq!(config.aggregator, AggregatorSpec::FedAvg, "{name}");
+            let special = config.special_clients();
+            assert_eq!(special, if name == "baseline" { 0 } else { 2 }, "{name}");
+        }
+        let kinds = |name: &str| {
+            let c = scenario(name);
+            (0..c.clients)
+                .map(|i| c.behaviour(i))
+                .filter(|b| *b != Behaviour::Honest)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds("free_riders"), [Behaviour::FreeRiderNoise; 2]);
+        assert_eq!(kinds("label_flip"), [Behaviour::LabelFlip; 2]);
+        assert_eq!(kinds("sign_flip"), [Behaviour::SignFlip; 2]);
+        assert_eq!(kinds("scaled_noise"), [Behaviour::ScaledNoise; 2]);
+        assert_eq!(kinds("sybil"), [Behaviour::Sybil; 2]);
+        assert_eq!(kinds("late_joiner"), [Behaviour::LateJoiner; 2]);
+        assert_eq!(scenario("late_joiner").initial_clients(), 8);
+    }
+
+    #[test]
+    fn a_typo_in_a_scenario_is_named_in_the_error() {
+        let err = toml::from_str::<SimConfig>("rounds = 3\n[adversaries]\nlabel_flips = 2\n")
+            .expect_err("unknown field");
+        assert!(
+            err.to_string().contains("unknown field `label_flips`"),
+            "{err}"
+        );
+        let err = toml::from_str::<SimConfig>("round = 3\n").expect_err("unknown field");
+        assert!(err.to_string().contains("unknown field `round`"), "{err}");
+    }
+
+    #[test]
+    fn behaviours_are_assigned_in_field_order() {
+        let config = SimConfig {
+            noisy: 1,
+            tiny: 1,
+            adversaries: Adversaries {
+                free_rider_noise: 1,
+                free_rider_zero: 1,
+                label_flip: 1,
+                sign_flip: 1,
+                scaled_noise: 1,
+                sybil_copies: 2,
+                late_joiner: 1,
+                ..Adversaries::default()
+            },
+            clients: 12,
+            ..SimConfig::default()
+        };
+        let got: Vec<Behaviour> = (0..12).map(|i| config.behaviour(i)).collect();
+        use Behaviour::*;
+        assert_eq!(
+            got,
+            [
+                Noisy,
+                Tiny,
+                FreeRiderNoise,
+                FreeRiderZero,
+                LabelFlip,
+                SignFlip,
+                ScaledNoise,
+                Sybil,
+                Sybil,
+                LateJoiner,
+                Honest,
+                Honest
+            ]
+        );
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.initial_clients(), 11);
+        // The demo is unchanged: one noisy, one tiny, eight honest.
+        let demo = SimConfig::default();
+        assert_eq!(demo.behaviour(0), Noisy);
+        assert_eq!(demo.behaviour(1), Tiny);
+        assert!((2..10).all(|i| demo.behaviour(i) == Honest));
+    }
+
+    #[test]
+    fn inconsistent_counts_are_refused() {
+        let with = |adversaries: Adversaries| SimConfig {
+            adversaries,
+            ..SimConfig::default()
+        };
+        let too_many = with(Adversaries {
+            sign_flip: 9,
+            ..Adversaries::default()
+        });
+        assert!(
+            too_many
+                .validate()
+                .unwrap_err()
+                .contains("exceed the number of clients (10)")
+        );
+        let lonely = with(Adversaries {
+            sybil_copies: 1,
+            ..Adversaries::default()
+        });
+        assert!(lonely.validate().unwrap_err().contains("sybil_copies"));
+        let never = with(Adversaries {
+            late_joiner: 1,
+            late_join_round: 20,
+            ..Adversaries::default()
+        });
+        assert!(
+            never
+                .validate()
+                .unwrap_err()
+                .contains("late_join_round must be in 1..20")
+        );
+        let bad_scale = with(Adversaries {
+            noise_scale: f64::NAN,
+            ..Adversaries::default()
+        });
+        assert!(bad_scale.validate().unwrap_err().contains("noise_scale"));
     }
 }

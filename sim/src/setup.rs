@@ -20,6 +20,15 @@ pub struct ClientPlan {
     pub data: Dataset,
 }
 
+/// Replaces every label `y` by `num_classes - 1 - y` (labels must be below `num_classes`,
+/// which holds for a [`Dataset`]).
+pub fn flip_labels(labels: &mut [u32], num_classes: usize) {
+    let top = num_classes.saturating_sub(1) as u32;
+    for y in labels {
+        *y = top.saturating_sub(*y);
+    }
+}
+
 /// The data of a whole simulation.
 #[derive(Clone, Debug)]
 pub struct Prepared {
@@ -33,15 +42,7 @@ pub struct Prepared {
 
 /// Splits the data set and builds every client's local data.
 pub fn prepare(config: &SimConfig) -> Result<Prepared, SimError> {
-    if config.clients == 0 {
-        return Err(SimError::Config("clients must be at least 1".into()));
-    }
-    if config.noisy + config.tiny > config.clients {
-        return Err(SimError::Config(format!(
-            "noisy ({}) + tiny ({}) exceeds the number of clients ({})",
-            config.noisy, config.tiny, config.clients
-        )));
-    }
+    config.validate().map_err(SimError::Config)?;
     let mut full = data::builtin::by_name(&config.dataset)?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let (rest, test_rows) = partition::train_test_split(full.len(), config.test_fraction, &mut rng);
@@ -85,10 +86,21 @@ pub fn prepare(config: &SimConfig) -> Result<Prepared, SimError> {
                 rows.sort_unstable();
                 train.subset(&rows)
             }
-            Behaviour::Honest | Behaviour::Noisy => train.subset(&rows),
+            _ => train.subset(&rows),
         };
-        if behaviour == Behaviour::Noisy {
-            local.labels.shuffle(&mut rng);
+        match behaviour {
+            Behaviour::Noisy => local.labels.shuffle(&mut rng),
+            Behaviour::LabelFlip => flip_labels(&mut local.labels, train.num_classes),
+            // One party behind several identities: every identity holds the first one's data.
+            Behaviour::Sybil => {
+                if let Some(first) = clients
+                    .iter()
+                    .find(|c: &&ClientPlan| c.behaviour == Behaviour::Sybil)
+                {
+                    local = first.data.clone();
+                }
+            }
+            _ => {}
         }
         clients.push(ClientPlan {
             name: format!("client-{index:02}"),
@@ -101,4 +113,59 @@ pub fn prepare(config: &SimConfig) -> Result<Prepared, SimError> {
         validation: full.subset(&val_rows),
         test: full.subset(&test_rows),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Adversaries;
+
+    fn config(adversaries: Adversaries) -> SimConfig {
+        SimConfig {
+            noisy: 0,
+            tiny: 0,
+            adversaries,
+            ..SimConfig::default()
+        }
+    }
+
+    #[test]
+    fn label_flippers_train_on_mirrored_labels() {
+        let plain = prepare(&config(Adversaries::default())).expect("prepare");
+        let flipped = prepare(&config(Adversaries {
+            label_flip: 2,
+            ..Adversaries::default()
+        }))
+        .expect("prepare");
+        for i in 0..2 {
+            let (a, b) = (&plain.clients[i].data, &flipped.clients[i].data);
+            assert_eq!(flipped.clients[i].behaviour, Behaviour::LabelFlip);
+            assert_eq!(a.features, b.features);
+            let expected: Vec<u32> = a.labels.iter().map(|&y| 9 - y).collect();
+            assert_eq!(b.labels, expected);
+        }
+        for i in 2..10 {
+            assert_eq!(plain.clients[i].data.labels, flipped.clients[i].data.labels);
+        }
+        assert_eq!(plain.test.labels, flipped.test.labels);
+        let mut odd = vec![0, 1, 2];
+        flip_labels(&mut odd, 3);
+        assert_eq!(odd, [2, 1, 0]);
+    }
+
+    #[test]
+    fn sybil_identities_share_the_first_ones_data() {
+        let prepared = prepare(&config(Adversaries {
+            sybil_copies: 3,
+            ..Adversaries::default()
+        }))
+        .expect("prepare");
+        let first = &prepared.clients[0].data;
+        for plan in &prepared.clients[1..3] {
+            assert_eq!(plan.behaviour, Behaviour::Sybil);
+            assert_eq!(&plan.data.labels, &first.labels);
+            assert_eq!(&plan.data.features, &first.features);
+        }
+        assert_ne!(prepared.clients[3].data.labels, first.labels);
+    }
 }

@@ -53,6 +53,7 @@ fn fed(id: &str) -> FederationRecord {
                 method: ValuationMethod::None,
                 ..ValuationConfig::default()
             },
+            aggregator: Default::default(),
             validation: None,
             seed: 1,
         },

@@ -35,6 +35,7 @@ async fn fifty_megabyte_update_uploads() {
         }),
         validation: None,
         seed: 1,
+        aggregator: None,
     };
     let mut admin = admin(&url).await;
     admin

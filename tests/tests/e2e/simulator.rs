@@ -1,7 +1,7 @@
-//! The demo scenario through the simulator library: an embedded server, ten clients,
-//! one with shuffled labels and one with tiny data.
+//! The simulator library end to end: the demo scenario (an embedded server, ten clients,
+//! one with shuffled labels and one with tiny data) and a late joiner.
 
-use fedval_sim::{SimConfig, SimOptions};
+use fedval_sim::{Adversaries, SimConfig, SimOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_scenario_ranks_the_noisy_client_last() {
@@ -46,4 +46,59 @@ async fn default_scenario_ranks_the_noisy_client_last() {
         let text = std::fs::read_to_string(dir.path().join(file)).expect("csv");
         assert!(text.lines().count() > 1, "{file} has rows");
     }
+}
+
+/// A late joiner enrolls only after round `late_join_round` is committed, then trains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_enrolls_after_round_k() {
+    let config = SimConfig {
+        clients: 4,
+        rounds: 6,
+        noisy: 0,
+        tiny: 0,
+        adversaries: Adversaries {
+            late_joiner: 1,
+            late_join_round: 2,
+            ..Adversaries::default()
+        },
+        ..SimConfig::default()
+    };
+    let opts = SimOptions {
+        config,
+        server: None,
+        admin_token: "sim-test".into(),
+        progress: false,
+    };
+    let report = fedval_sim::run(&opts).await.expect("simulation runs");
+    let participants: Vec<usize> = report.rounds.iter().map(|r| r.participants).collect();
+    assert_eq!(participants.len(), 6);
+    assert_eq!(
+        &participants[..2],
+        &[3, 3],
+        "nobody extra before round 2 commits"
+    );
+    assert_eq!(
+        participants[5], 4,
+        "the late joiner trains in the last round"
+    );
+    let late = report
+        .clients
+        .iter()
+        .find(|c| c.behaviour == "late_joiner")
+        .expect("late joiner reported");
+    assert!(
+        (1..=4).contains(&late.rounds_participated),
+        "late joiner took part in {} rounds",
+        late.rounds_participated
+    );
+    assert_eq!(late.name, "client-00");
+    assert!(
+        report
+            .clients
+            .iter()
+            .filter(|c| c.behaviour == "honest")
+            .all(|c| c.rounds_participated == 6)
+    );
+    assert!(report.metrics.attack_success_rate.is_none());
+    assert!(report.metrics.honest_accuracy > 0.5);
 }
