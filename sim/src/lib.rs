@@ -7,13 +7,15 @@
 //! - [`adversary`]: the attacks that alter uploads, as a [`fedval_client::Trainer`] wrapper.
 //! - [`metrics`]: standalone accuracy, fairness, honest accuracy, attack success.
 //! - [`runner`]: starts the server, creates the federation, runs the clients.
-//! - [`report`]: the final table and the JSON/CSV files.
+//! - [`report`]: the final table and the files: JSON, CSV and `report.html`.
+//! - [`plot`]: the inline SVG line and bar charts of `report.html`.
 //! - [`export`]: the scenario's data as CSV files plus a server settings file, to run
 //!   the same federation as separate processes.
 
 pub mod adversary;
 pub mod export;
 pub mod metrics;
+pub mod plot;
 pub mod report;
 pub mod runner;
 pub mod scenario;

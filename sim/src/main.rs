@@ -28,7 +28,8 @@ struct Args {
     /// Admin token of the server.
     #[arg(long, env = "FEDVAL_ADMIN_TOKEN", default_value = "sim-admin-token")]
     admin_token: String,
-    /// Output directory for report.json, rounds.csv, clients.csv and values.csv.
+    /// Output directory for report.json, rounds.csv, clients.csv, values.csv and report.html
+    /// (a self-contained page with charts).
     #[arg(long, default_value = "fedval-out")]
     out: PathBuf,
     /// Write the scenario's data (client CSVs, validation.csv, server.toml) into this

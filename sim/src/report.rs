@@ -1,5 +1,7 @@
 //! The outcome of a simulation: the table printed at the end and the files written to
-//! the output directory (`report.json`, `rounds.csv`, `clients.csv`, `values.csv`).
+//! the output directory (`report.json`, `rounds.csv`, `clients.csv`, `values.csv`, and
+//! `report.html`: one self-contained page with the run's summary, inline SVG charts of
+//! accuracy, loss and contributions drawn by [`crate::plot`], and the per-client table).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,7 +11,8 @@ use serde::Serialize;
 
 use crate::SimError;
 use crate::metrics::RunMetrics;
-use crate::scenario::SimConfig;
+use crate::plot::{self, Bar, BarChart, LineChart, Series, escape};
+use crate::scenario::{ModelChoice, Partition, SimConfig};
 
 /// One committed round.
 #[derive(Clone, Debug, Serialize)]
@@ -76,8 +79,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// Writes `report.json`, `rounds.csv`, `clients.csv` and `values.csv` into `dir`,
-    /// creating it if needed.
+    /// Writes `report.json`, `rounds.csv`, `clients.csv`, `values.csv` and `report.html`
+    /// into `dir`, creating it if needed.
     pub fn write(&self, dir: &Path) -> Result<(), SimError> {
         let io = |e: std::io::Error| SimError::Output {
             path: dir.to_path_buf(),
@@ -90,6 +93,7 @@ impl Report {
         write_file(&dir.join("rounds.csv"), &self.rounds_csv())?;
         write_file(&dir.join("clients.csv"), &self.clients_csv())?;
         write_file(&dir.join("values.csv"), &self.values_csv())?;
+        write_file(&dir.join("report.html"), &self.html())?;
         Ok(())
     }
 
@@ -248,6 +252,379 @@ impl Report {
     }
 }
 
+/// Colours of the behaviours in charts and tables, in legend order; honest clients' bars
+/// use the first.
+const BEHAVIOUR_COLORS: [(&str, &str); 10] = [
+    ("honest", "#4c78a8"),
+    ("late_joiner", "#9d755d"),
+    ("noisy", "#f58518"),
+    ("tiny", "#b279a2"),
+    ("free_rider_noise", "#e45756"),
+    ("free_rider_zero", "#7f7f7f"),
+    ("label_flip", "#c9a100"),
+    ("sign_flip", "#8b0000"),
+    ("scaled_noise", "#d62ad6"),
+    ("sybil", "#111111"),
+];
+
+/// Line colours of honest clients in the per-round values chart (none is a behaviour's).
+const HONEST_LINES: [&str; 8] = [
+    "#4c78a8", "#72b7b2", "#54a24b", "#1f77b4", "#17becf", "#88d27a", "#3b5b92", "#6b8e23",
+];
+
+/// The `<style>` of `report.html` besides the charts' rules.
+const PAGE_CSS: &str = "body{font-family:system-ui,sans-serif;max-width:1000px;margin:24px auto;\
+padding:0 16px;color:#222}h1{font-size:22px}h2{font-size:18px;margin-top:28px}\
+table{border-collapse:collapse;margin:8px 0 24px;font-size:13px}\
+th,td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}\
+th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+.note{color:#666}.sw{display:inline-block;width:10px;height:10px;margin-right:6px}";
+
+fn behaviour_color(behaviour: &str) -> &'static str {
+    BEHAVIOUR_COLORS
+        .iter()
+        .find(|(b, _)| *b == behaviour)
+        .map_or("#999999", |(_, c)| c)
+}
+
+/// `v` with `decimals` decimals, or `n/a` when it is not finite.
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "n/a".into()
+    }
+}
+
+/// A `<table>` of `(key, value)` rows; values are escaped here.
+fn key_value_table(rows: &[(&str, String)]) -> String {
+    let mut s = String::from("<table>");
+    for (key, value) in rows {
+        let _ = write!(
+            s,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(key),
+            escape(value)
+        );
+    }
+    s.push_str("</table>");
+    s
+}
+
+impl Report {
+    /// The self-contained `report.html` page (no JavaScript, no external assets): the
+    /// run's summary, inline SVG charts and the per-client table.
+    pub fn html(&self) -> String {
+        let title = format!(
+            "fedval simulation: {} ({})",
+            self.config.dataset, self.federation_id
+        );
+        let mut s = format!(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>{t}</title>\
+             <style>{PAGE_CSS}{}</style></head><body><h1>{t}</h1><h2>Run</h2>",
+            plot::CHART_CSS,
+            t = escape(&title)
+        );
+        s.push_str(&key_value_table(&self.run_rows()));
+        s.push_str("<h2>Global model per round</h2>");
+        s.push_str(&self.model_charts());
+        s.push_str("<h2>Contributions</h2>");
+        s.push_str(&self.contribution_charts());
+        s.push_str(&self.reputation_payment_section(None, None));
+        s.push_str("<h2>Clients</h2>");
+        s.push_str(&self.clients_html());
+        s.push_str("</body></html>\n");
+        s
+    }
+
+    /// Config summary, final accuracy and the metrics block, as table rows.
+    fn run_rows(&self) -> Vec<(&'static str, String)> {
+        let c = &self.config;
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for client in &self.clients {
+            *kinds.entry(client.behaviour.as_str()).or_default() += 1;
+        }
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let partition = match c.partition {
+            Partition::Iid => "IID".to_string(),
+            Partition::Dirichlet { alpha } => format!("label skew, Dirichlet alpha = {alpha}"),
+            Partition::Quantity { alpha } => format!("size skew, Dirichlet alpha = {alpha}"),
+        };
+        let model = match c.model {
+            ModelChoice::Logreg => "logistic regression".to_string(),
+            ModelChoice::Mlp { hidden } => format!("MLP, {hidden} hidden units"),
+        };
+        let mut used: Vec<&str> = self
+            .rounds
+            .iter()
+            .map(|r| r.valuation_method.as_str())
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        let m = &self.metrics;
+        let fairness = match (m.fairness, &m.fairness_note) {
+            (Some(r), _) => format!("{r:.4} (Pearson: standalone vs final test accuracy)"),
+            (None, note) => format!("n/a ({})", note.as_deref().unwrap_or("undefined")),
+        };
+        let attack = match m.attack_success_rate {
+            Some(rate) => format!("{rate:.4} (label flip: test samples predicted as C - 1 - y)"),
+            None if c.adversaries.label_flip == 0 => "n/a (no label flippers)".into(),
+            None => "n/a (no test sample has a distinct flipped label)".into(),
+        };
+        vec![
+            ("dataset", c.dataset.clone()),
+            (
+                "clients",
+                format!("{} ({})", self.clients.len(), kinds.join(", ")),
+            ),
+            (
+                "rounds",
+                format!("{} committed of {}", self.rounds.len(), c.rounds),
+            ),
+            ("partition", partition),
+            ("model", model),
+            (
+                "local training",
+                format!(
+                    "{} epochs, batch {}, learning rate {}",
+                    c.local_epochs, c.batch_size, c.learning_rate
+                ),
+            ),
+            (
+                "valuation",
+                format!(
+                    "{} (used: {}); utility {}; budget {}",
+                    c.valuation,
+                    if used.is_empty() {
+                        "-".to_string()
+                    } else {
+                        used.join(", ")
+                    },
+                    c.utility,
+                    c.valuation_budget
+                ),
+            ),
+            ("aggregator", c.aggregator.to_string()),
+            ("seed", c.seed.to_string()),
+            (
+                "final test accuracy",
+                format!(
+                    "{} (loss {})",
+                    num(self.final_test_accuracy, 4),
+                    num(self.final_test_loss, 4)
+                ),
+            ),
+            (
+                "honest clients' accuracy",
+                format!(
+                    "{} (mean test accuracy of their final models)",
+                    num(m.honest_accuracy, 4)
+                ),
+            ),
+            ("fairness", fairness),
+            ("attack success rate", attack),
+            ("wall time", format!("{:.1} s", self.wall_time_s)),
+        ]
+    }
+
+    /// Validation accuracy, then validation and client training loss, per round.
+    fn model_charts(&self) -> String {
+        let line = |label: &str, color: &str, f: fn(&RoundRow) -> f64| Series {
+            label: label.into(),
+            points: self.rounds.iter().map(|r| (r.round as f64, f(r))).collect(),
+            color: color.into(),
+            emphasised: false,
+        };
+        let accuracy = LineChart {
+            title: "Validation accuracy of the global model".into(),
+            x_label: "round".into(),
+            y_label: "accuracy".into(),
+            integer_x: true,
+            series: vec![line("validation accuracy", "#4c78a8", |r| r.val_accuracy)],
+        };
+        let loss = LineChart {
+            title: "Loss per round".into(),
+            x_label: "round".into(),
+            y_label: "cross-entropy".into(),
+            integer_x: true,
+            series: vec![
+                line("validation loss", "#e45756", |r| r.val_loss),
+                line("clients' training loss", "#f58518", |r| r.client_loss),
+            ],
+        };
+        accuracy.svg() + &loss.svg()
+    }
+
+    /// Cumulative Shapley value per client (sorted bars) and every client's per-round
+    /// value (lines); a note instead when the run computed no values.
+    fn contribution_charts(&self) -> String {
+        if self.rounds.iter().all(|r| r.values.is_empty()) {
+            return format!(
+                "<p class=\"note\">No contribution values: valuation \"{}\" computed none in \
+                 this run, so the contribution charts are left out.</p>",
+                escape(&self.config.valuation)
+            );
+        }
+        let mut sorted: Vec<&ClientRow> = self.clients.iter().collect();
+        sorted.sort_by(|a, b| b.shapley.total_cmp(&a.shapley));
+        let bars = BarChart {
+            title: "Cumulative Shapley value per client".into(),
+            x_label: "sum of per-round Shapley values".into(),
+            bars: sorted
+                .iter()
+                .map(|c| Bar {
+                    label: c.name.clone(),
+                    value: c.shapley,
+                    color: behaviour_color(&c.behaviour).into(),
+                })
+                .collect(),
+            legend: BEHAVIOUR_COLORS
+                .iter()
+                .filter(|(b, _)| self.clients.iter().any(|c| c.behaviour == *b))
+                .map(|(b, c)| (b.to_string(), c.to_string()))
+                .collect(),
+        };
+        // Every name that has a value, clients first in their order.
+        let mut names: Vec<&str> = self.clients.iter().map(|c| c.name.as_str()).collect();
+        for r in &self.rounds {
+            for name in r.values.keys() {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+        }
+        let mut honest_lines = HONEST_LINES.iter().cycle();
+        let series = names
+            .iter()
+            .map(|&name| {
+                let behaviour = self
+                    .clients
+                    .iter()
+                    .find(|c| c.name == name)
+                    .map_or("unknown", |c| c.behaviour.as_str());
+                let honest = behaviour == "honest";
+                let color = if honest {
+                    honest_lines.next().copied().unwrap_or("#4c78a8")
+                } else {
+                    behaviour_color(behaviour)
+                };
+                Series {
+                    label: format!("{name} ({behaviour})"),
+                    // A round without this client's value is a gap, not a zero.
+                    points: self
+                        .rounds
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.round as f64,
+                                r.values.get(name).copied().unwrap_or(f64::NAN),
+                            )
+                        })
+                        .collect(),
+                    color: color.into(),
+                    emphasised: !honest,
+                }
+            })
+            .collect();
+        let lines = LineChart {
+            title: "Shapley value per round (dashed: not honest)".into(),
+            x_label: "round".into(),
+            y_label: "Shapley value".into(),
+            integer_x: true,
+            series,
+        };
+        bars.svg() + &lines.svg()
+    }
+
+    /// Reputation per client and round, and payment per client, once a run records them
+    /// (the simulator has neither yet, so [`Report::html`] passes `None`, which prints a
+    /// note instead of a chart).
+    fn reputation_payment_section(
+        &self,
+        reputations: Option<&BTreeMap<String, Vec<(u64, f64)>>>,
+        payments: Option<&BTreeMap<String, f64>>,
+    ) -> String {
+        let mut s = String::from("<h2>Reputations and payments</h2>");
+        let behaviour = |name: &str| {
+            self.clients
+                .iter()
+                .find(|c| c.name == name)
+                .map_or("unknown", |c| c.behaviour.as_str())
+        };
+        match reputations {
+            Some(reputations) => {
+                let chart = LineChart {
+                    title: "Reputation per round".into(),
+                    x_label: "round".into(),
+                    y_label: "reputation".into(),
+                    integer_x: true,
+                    series: reputations
+                        .iter()
+                        .map(|(name, points)| Series {
+                            label: format!("{name} ({})", behaviour(name)),
+                            points: points.iter().map(|&(r, v)| (r as f64, v)).collect(),
+                            color: behaviour_color(behaviour(name)).into(),
+                            emphasised: behaviour(name) != "honest",
+                        })
+                        .collect(),
+                };
+                s.push_str(&chart.svg());
+            }
+            None => s.push_str("<p class=\"note\">No reputations recorded in this run.</p>"),
+        }
+        match payments {
+            Some(payments) => {
+                let chart = BarChart {
+                    title: "Payment per client".into(),
+                    x_label: "payment".into(),
+                    bars: payments
+                        .iter()
+                        .map(|(name, &value)| Bar {
+                            label: name.clone(),
+                            value,
+                            color: behaviour_color(behaviour(name)).into(),
+                        })
+                        .collect(),
+                    legend: Vec::new(),
+                };
+                s.push_str(&chart.svg());
+            }
+            None => s.push_str("<p class=\"note\">No payments recorded in this run.</p>"),
+        }
+        s
+    }
+
+    /// The per-client table, in client order.
+    fn clients_html(&self) -> String {
+        let mut s = String::from(
+            "<table><tr><th>client</th><th>behaviour</th><th>samples</th><th>rounds</th>\
+             <th>Shapley (sum)</th><th>standalone acc</th><th>final acc (local)</th>\
+             <th>test acc</th><th>removed</th></tr>",
+        );
+        for c in &self.clients {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td><span class=\"sw\" style=\"background:{}\"></span>{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                 <td class=\"n\">{}</td></tr>",
+                escape(&c.name),
+                behaviour_color(&c.behaviour),
+                escape(&c.behaviour),
+                c.samples,
+                c.rounds_participated,
+                num(c.shapley, 5),
+                num(c.standalone_accuracy, 4),
+                num(c.final_accuracy, 4),
+                num(c.test_accuracy, 4),
+                c.removal_round.map_or("-".to_string(), |r| r.to_string())
+            );
+        }
+        s.push_str("</table>");
+        s
+    }
+}
+
 fn write_file(path: &Path, text: &str) -> Result<(), SimError> {
     std::fs::write(path, text).map_err(|e| SimError::Output {
         path: path.to_path_buf(),
@@ -261,5 +638,113 @@ fn csv_field(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plot::tests::assert_well_formed;
+
+    fn client(name: &str, behaviour: &str, shapley: f64) -> ClientRow {
+        ClientRow {
+            name: name.into(),
+            client_id: format!("id-{name}"),
+            behaviour: behaviour.into(),
+            adversary: behaviour == "sign_flip",
+            samples: 50,
+            shapley,
+            rounds_participated: 2,
+            final_accuracy: 0.8,
+            standalone_accuracy: f64::NAN,
+            test_accuracy: 0.75,
+            removal_round: None,
+        }
+    }
+
+    fn round(round: u64, values: &[(&str, f64)]) -> RoundRow {
+        RoundRow {
+            round,
+            val_accuracy: 0.5 + 0.1 * round as f64,
+            val_loss: 1.0 / round as f64,
+            client_loss: f64::NAN,
+            participants: values.len(),
+            stragglers: 0,
+            valuation_method: "exact".into(),
+            valuation_status: "done".into(),
+            valuation_stop: "exact".into(),
+            evaluations: 8,
+            valuation_ms: 1,
+            utility_full: 0.1,
+            utility_empty: 0.0,
+            values: values.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
+        }
+    }
+
+    fn report(rounds: Vec<RoundRow>) -> Report {
+        Report {
+            config: SimConfig::default(),
+            federation_id: "sim".into(),
+            server: "http://127.0.0.1:1".into(),
+            wall_time_s: 1.5,
+            final_test_accuracy: 0.7,
+            final_test_loss: 0.9,
+            rounds,
+            clients: vec![
+                client("alice", "honest", 0.3),
+                client("<&>bob", "sign_flip", -0.2),
+            ],
+            metrics: RunMetrics {
+                fairness: None,
+                fairness_note: Some("fewer than two honest clients".into()),
+                honest_accuracy: 0.75,
+                attack_success_rate: None,
+            },
+        }
+    }
+
+    #[test]
+    fn write_produces_a_well_formed_html_page_with_the_clients() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rounds = vec![
+            round(1, &[("alice", 0.1), ("<&>bob", -0.1)]),
+            round(2, &[("alice", 0.2), ("<&>bob", -0.1)]),
+        ];
+        report(rounds).write(dir.path()).expect("write");
+        let html = std::fs::read_to_string(dir.path().join("report.html")).expect("report.html");
+        assert_well_formed(&html);
+        assert!(html.contains("alice"));
+        assert!(html.contains("&lt;&amp;&gt;bob") && !html.contains("<&>bob"));
+        // Accuracy (1 series), loss (2 series, one all NaN), Shapley bars, value lines.
+        assert_eq!(html.matches("<svg").count(), 4);
+        assert_eq!(html.matches(r#"<rect class="bar""#).count(), 2);
+        assert!(html.contains("fewer than two honest clients"));
+        assert!(html.contains("No reputations recorded"));
+        assert!(!html.contains("<script"));
+        for file in ["report.json", "rounds.csv", "clients.csv", "values.csv"] {
+            assert!(dir.path().join(file).exists(), "{file}");
+        }
+    }
+
+    #[test]
+    fn a_run_without_values_skips_the_contribution_charts() {
+        let html = report(vec![round(1, &[]), round(2, &[])]).html();
+        assert_well_formed(&html);
+        assert!(html.contains("No contribution values"));
+        assert_eq!(html.matches("<svg").count(), 2);
+        let empty = report(Vec::new()).html();
+        assert_well_formed(&empty);
+        assert!(empty.contains("no data"));
+    }
+
+    #[test]
+    fn reputation_and_payment_data_become_charts() {
+        let r = report(Vec::new());
+        let reputations = BTreeMap::from([("alice".to_string(), vec![(1, 0.5), (2, 0.7)])]);
+        let payments = BTreeMap::from([("alice".to_string(), 3.0), ("<&>bob".to_string(), 0.0)]);
+        let html = r.reputation_payment_section(Some(&reputations), Some(&payments));
+        assert_well_formed(&html);
+        assert_eq!(html.matches("<circle").count(), 2);
+        assert_eq!(html.matches(r#"<rect class="bar""#).count(), 2);
     }
 }
