@@ -6,10 +6,9 @@
 //! `demo` reads `validation.csv`. CSV rows are the features then the integer label, no
 //! header: the format `fedval_core::data::load_csv` reads.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use fedval_core::data::Dataset;
+use fedval_core::data::to_csv;
 use fedval_server::config::FederationConfig;
 
 use crate::SimError;
@@ -40,10 +39,10 @@ pub fn export(config: &SimConfig, dir: &Path) -> Result<Vec<PathBuf>, SimError> 
         Ok(())
     };
     for plan in &prepared.clients {
-        put(&format!("{}.csv", plan.name), csv(&plan.data))?;
+        put(&format!("{}.csv", plan.name), to_csv(&plan.data))?;
     }
-    put("validation.csv", csv(&prepared.validation))?;
-    put("test.csv", csv(&prepared.test))?;
+    put("validation.csv", to_csv(&prepared.validation))?;
+    put("test.csv", to_csv(&prepared.test))?;
 
     let wire = federation_config(EXPORT_FEDERATION, EXPORT_SECRET, config, &prepared);
     let mut federation =
@@ -74,18 +73,6 @@ pub fn export(config: &SimConfig, dir: &Path) -> Result<Vec<PathBuf>, SimError> 
         ),
     )?;
     Ok(written)
-}
-
-/// `features...,label` per row.
-fn csv(data: &Dataset) -> String {
-    let mut s = String::new();
-    for (row, label) in data.features.rows().into_iter().zip(&data.labels) {
-        for x in row {
-            let _ = write!(s, "{x},");
-        }
-        let _ = writeln!(s, "{label}");
-    }
-    s
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use ndarray::{Array2, Axis};
 
 pub use builtin::by_name;
-pub use csv::{load_csv, parse_csv};
+pub use csv::{load_csv, parse_csv, to_csv};
 pub use partition::{dirichlet_label_skew, iid, quantity_skew, train_test_split};
 
 /// Errors from building, loading or partitioning data sets.
