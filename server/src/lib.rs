@@ -14,7 +14,7 @@
 //! - [`auth`]: bearer tokens (stored hashed, compared in constant time), admin token.
 //! - [`store`]: durable state behind one `Store` (redb default, sled optional, memory).
 //! - [`federation`]: one federation's state and the operations handlers call.
-//! - [`round_loop`]: the horizontal round state machine.
+//! - `round_loop`: the horizontal round state machine.
 //! - [`round_close`]: aggregation and validation metrics of a closed round.
 //! - [`round_value`]: valuation of a committed round (the estimator the config picks).
 //! - `valuation_worker`: values committed rounds behind the round loop.
