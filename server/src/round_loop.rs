@@ -473,6 +473,11 @@ mod tests {
             (1, vec![client.clone()])
         );
         until(&fed, || async { fed.loop_error().await.is_none() }).await;
+        // The error clears when the commit step succeeds; finishing is the next step.
+        until(&fed, || async {
+            fed.snapshot().await.0.status == FederationStatus::Finished
+        })
+        .await;
         let (rec, _) = fed.snapshot().await;
         assert_eq!(
             (rec.committed_rounds, rec.status),
