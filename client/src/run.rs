@@ -2,6 +2,8 @@
 //!
 //! [`run_node`] owns all the networking and the policy around it; the [`Trainer`] only
 //! computes. Policy, in one place:
+//! - `Removed` (RFFL removed the node) ends the loop like `Done`, with the node's own
+//!   model of the last version it downloaded;
 //! - `Wait` sleeps for the server's `retry_after`, capped at [`RunOptions::max_wait`];
 //! - `Train` downloads the global model (the last version is cached), trains on a blocking
 //!   thread while heartbeats keep going, and uploads the update;
@@ -185,25 +187,44 @@ pub async fn run_node<T: Trainer>(
             } => {
                 info!(final_model_version, %reason, "federation done");
                 let params = model(client, &mut cache, final_model_version, opts).await?;
-                drop(cache); // leaves `params` the only reference: no copy below
-                let (_, (params, final_metrics)) = blocking(trainer, move |t| {
-                    let metrics = t.evaluate(&params)?;
-                    Ok((params, metrics))
-                })
-                .await?;
-                let final_model = Arc::unwrap_or_clone(params);
-                opts.emit(NodeEvent::Done {
-                    final_model_version,
-                });
-                return Ok(RunSummary {
-                    rounds_trained,
-                    final_model_version,
-                    final_model,
-                    final_metrics,
-                });
+                drop(cache); // leaves `params` the only reference: no copy in `finish`
+                return finish(trainer, params, final_model_version, rounds_trained, opts).await;
+            }
+            Task::Removed { round, reason } => {
+                // The node ends with its own model of the last version it downloaded.
+                let version = cache.as_ref().map_or(0, |(v, _)| *v);
+                info!(round, version, %reason, "removed from the federation");
+                let params = model(client, &mut cache, version, opts).await?;
+                drop(cache);
+                return finish(trainer, params, version, rounds_trained, opts).await;
             }
         }
     }
+}
+
+/// Evaluates the final `params` locally and builds the run's summary.
+async fn finish<T: Trainer>(
+    trainer: T,
+    params: Arc<Vec<f32>>,
+    final_model_version: u64,
+    rounds_trained: u64,
+    opts: &RunOptions,
+) -> Result<RunSummary, ClientError> {
+    let (_, (params, final_metrics)) = blocking(trainer, move |t| {
+        let metrics = t.evaluate(&params)?;
+        Ok((params, metrics))
+    })
+    .await?;
+    let final_model = Arc::unwrap_or_clone(params);
+    opts.emit(NodeEvent::Done {
+        final_model_version,
+    });
+    Ok(RunSummary {
+        rounds_trained,
+        final_model_version,
+        final_model,
+        final_metrics,
+    })
 }
 
 /// Runs `call` until it succeeds, fails for good, or `opts.max_retries` retries are spent.
@@ -504,6 +525,48 @@ mod tests {
                     final_model_version: 0
                 },
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removed_node_ends_with_its_last_downloaded_model() {
+        let model = vec![0.5, -0.25, 0.125, 0.0, 1.0, -1.0];
+        let tasks: VecDeque<Result<v1::Task, Status>> = VecDeque::from([
+            Ok(Task::Train(train_task(1)).into()),
+            Ok(Task::Removed {
+                round: 2,
+                reason: "removed by reputation in round 2".into(),
+            }
+            .into()),
+        ]);
+        let f = fake::start(
+            spec(),
+            fake::Script {
+                tasks,
+                model: model.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let channel = crate::connect(&f.url).await.unwrap();
+        let mut client = FederationClient::enroll(channel, "demo", "secret", "n", 4)
+            .await
+            .unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let trainer = ModelTrainer::new(spec(), data(), 7).unwrap();
+        let summary = run_node(&mut client, trainer, &opts(&events))
+            .await
+            .unwrap();
+        assert_eq!(summary.rounds_trained, 1);
+        // Version 0 was the last one downloaded (for round 1); it is served from cache.
+        assert_eq!(summary.final_model_version, 0);
+        assert_eq!(summary.final_model, model);
+        assert_eq!(f.script().downloads, 1);
+        assert_eq!(
+            events.lock().unwrap().last(),
+            Some(&NodeEvent::Done {
+                final_model_version: 0
+            })
         );
     }
 

@@ -30,6 +30,14 @@ pub enum Task {
         /// Why, for logs.
         reason: String,
     },
+    /// The server's reputation mechanism (RFFL) removed this node: it cannot upload
+    /// any more and its own model stops improving.
+    Removed {
+        /// The round in which it was removed.
+        round: u64,
+        /// Why, for logs.
+        reason: String,
+    },
 }
 
 /// Train on local data from global model `model_version`, then upload for `round`.
@@ -98,6 +106,10 @@ impl Task {
                 final_model_version: d.final_model_version,
                 reason: d.reason,
             }),
+            Some(Kind::Removed(r)) => Ok(Task::Removed {
+                round: r.round,
+                reason: r.reason,
+            }),
             None => Err(ClientError::Protocol(
                 "task names no kind (is the server newer than this client?)".into(),
             )),
@@ -136,6 +148,7 @@ impl From<Task> for v1::Task {
                 final_model_version,
                 reason,
             }),
+            Task::Removed { round, reason } => Kind::Removed(v1::RemovedTask { round, reason }),
         };
         v1::Task { kind: Some(kind) }
     }
@@ -189,6 +202,10 @@ mod tests {
             Task::Done {
                 final_model_version: 12,
                 reason: "all rounds done".into(),
+            },
+            Task::Removed {
+                round: 4,
+                reason: "removed by reputation in round 4".into(),
             },
         ];
         for task in tasks {

@@ -103,6 +103,17 @@ pub fn round_to_proto(r: &RoundRecord) -> pb::RoundRecord {
         valuation_ms: r.valuation_ms,
         valuation_status: r.valuation_status.describe(),
         valuation_stop: r.valuation_stop.clone(),
+        reputations: r
+            .reputations
+            .iter()
+            .map(|c| pb::ClientReputation {
+                client_id: c.client_id.clone(),
+                reputation: c.reputation,
+                phi: c.phi,
+                removed: c.removed,
+            })
+            .collect(),
+        reputation_threshold: r.reputation_threshold,
     }
 }
 

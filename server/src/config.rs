@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use fedval_core::aggregate::AggregatorSpec;
 use fedval_core::data::Dataset;
 use fedval_core::model::ModelSpec;
+use fedval_core::reputation::RfflConfig;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +94,96 @@ pub struct FederationConfig {
     /// Seed of the initial model and of client selection.
     #[serde(default)]
     pub seed: u64,
+    /// RFFL reputations (`reputation = { gamma = 0.5 }`); `None` (the default) is off.
+    /// When set, RFFL's reputation-weighted aggregation REPLACES `aggregator` (which is
+    /// then ignored), every client trains from and downloads its own model, low-reputation
+    /// clients are removed after the warm-up, and no client may enroll once the first
+    /// round has opened (the reputation state is sized by the clients of round 1).
+    #[serde(default)]
+    pub reputation: Option<RfflSettings>,
+}
+
+/// RFFL settings of a federation (ALGORITHMS.md section 4); omitted fields take the
+/// paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RfflSettings {
+    /// Clipping norm `Gamma` the server applies to every update (finite, > 0).
+    pub gamma: f32,
+    /// Moving-average weight of the old reputation, in `[0, 1)` (0.95).
+    #[serde(default = "default_rffl_alpha")]
+    pub alpha: f64,
+    /// Removal threshold coefficient `c` in `beta = c / |R|`, in `[0, 1)` (1/3).
+    #[serde(default = "default_rffl_threshold_coefficient")]
+    pub threshold_coefficient: f64,
+    /// Rounds before removals start (10).
+    #[serde(default = "default_rffl_warm_up_rounds")]
+    pub warm_up_rounds: u64,
+}
+
+fn default_rffl_alpha() -> f64 {
+    RfflConfig::with_gamma(1.0).alpha
+}
+
+fn default_rffl_threshold_coefficient() -> f64 {
+    RfflConfig::with_gamma(1.0).threshold_coefficient
+}
+
+fn default_rffl_warm_up_rounds() -> u64 {
+    RfflConfig::with_gamma(1.0).warm_up_rounds
+}
+
+impl RfflSettings {
+    /// The paper's defaults with clipping norm `gamma`.
+    pub fn with_gamma(gamma: f32) -> Self {
+        let c = RfflConfig::with_gamma(gamma);
+        RfflSettings {
+            gamma,
+            alpha: c.alpha,
+            threshold_coefficient: c.threshold_coefficient,
+            warm_up_rounds: c.warm_up_rounds,
+        }
+    }
+
+    /// The core algorithm's configuration.
+    pub fn to_core(self) -> RfflConfig {
+        RfflConfig {
+            alpha: self.alpha,
+            threshold_coefficient: self.threshold_coefficient,
+            warm_up_rounds: self.warm_up_rounds,
+            gamma: self.gamma,
+        }
+    }
+
+    /// Checks the ranges, naming the field as `reputation.gamma` etc.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.gamma.is_finite() && self.gamma > 0.0) {
+            return Err(ConfigError::new(
+                "reputation.gamma",
+                format!("must be a finite number > 0, got {}", self.gamma),
+            ));
+        }
+        for (field, value) in [
+            ("reputation.alpha", self.alpha),
+            (
+                "reputation.threshold_coefficient",
+                self.threshold_coefficient,
+            ),
+        ] {
+            if !(value.is_finite() && (0.0..1.0).contains(&value)) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("must be in [0, 1), got {value}"),
+                ));
+            }
+        }
+        check_range(
+            "reputation.warm_up_rounds",
+            self.warm_up_rounds,
+            0,
+            MAX_ROUNDS,
+        )
+    }
 }
 
 fn default_round_timeout_ms() -> u64 {
@@ -373,6 +464,9 @@ impl FederationConfig {
         self.validate_training()?;
         self.validate_valuation()?;
         self.validate_aggregator()?;
+        if let Some(r) = &self.reputation {
+            r.validate()?;
+        }
         match &self.validation {
             Some(v) => validate_validation(v, &self.model),
             None if self.valuation.method != ValuationMethod::None => Err(ConfigError::new(
@@ -825,6 +919,7 @@ mod tests {
                 labels: vec![0, 1, 2],
             }),
             seed: 0,
+            reputation: None,
         }
     }
 
@@ -878,6 +973,7 @@ mod tests {
                     labels: vec![0, 2]
                 }),
                 seed: 7,
+                reputation: None,
             }]
         );
     }
@@ -905,6 +1001,59 @@ mod tests {
         assert_eq!(cfg.aggregator, AggregatorSpec::FedAvg);
         assert_eq!(cfg.seed, 0);
         assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn reputation_parses_with_defaults_and_is_validated() {
+        let text = r#"
+            id = "r"
+            enrollment_secret = "s"
+            rounds = 3
+            min_clients = 2
+            model = { kind = "logistic_regression", num_features = 2, num_classes = 2 }
+            valuation = { method = "none" }
+            reputation = { gamma = 0.5 }
+        "#;
+        let cfg: FederationConfig = toml::from_str(text).expect("parses");
+        assert_eq!(cfg.reputation, Some(RfflSettings::with_gamma(0.5)));
+        assert_eq!(cfg.validate(), Ok(()));
+        let with = |r: RfflSettings| {
+            FederationConfig {
+                reputation: Some(r),
+                ..cfg.clone()
+            }
+            .validate()
+            .map_err(|e| e.field)
+        };
+        let base = RfflSettings::with_gamma(0.5);
+        let bad = [
+            ("reputation.gamma", RfflSettings { gamma: 0.0, ..base }),
+            (
+                "reputation.gamma",
+                RfflSettings {
+                    gamma: f32::NAN,
+                    ..base
+                },
+            ),
+            ("reputation.alpha", RfflSettings { alpha: 1.0, ..base }),
+            (
+                "reputation.threshold_coefficient",
+                RfflSettings {
+                    threshold_coefficient: -0.1,
+                    ..base
+                },
+            ),
+            (
+                "reputation.warm_up_rounds",
+                RfflSettings {
+                    warm_up_rounds: MAX_ROUNDS + 1,
+                    ..base
+                },
+            ),
+        ];
+        for (field, r) in bad {
+            assert_eq!(with(r), Err(field.to_string()), "{r:?}");
+        }
     }
 
     #[test]

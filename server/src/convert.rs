@@ -11,7 +11,8 @@
 //! `training.learning_rate`, `valuation.exact_max_players`, and `valuation.budget` of a
 //! sampling method) all mean "the default". A missing `aggregator` message or an empty
 //! `aggregator.kind` means FedAvg; parameters of another kind than the one named must be
-//! zero. Every valid configuration survives config -> proto -> config unchanged.
+//! zero. A missing `reputation` message means RFFL is off; its unset optional fields take
+//! the paper's defaults. Every valid configuration survives config -> proto -> config unchanged.
 
 use bytes::Bytes;
 use fedval_core::aggregate::AggregatorSpec;
@@ -19,8 +20,8 @@ use fedval_core::model::ModelSpec;
 use fedval_proto::v1 as proto;
 
 use crate::config::{
-    ConfigError, DEFAULT_ROUND_TIMEOUT_MS, FederationConfig, TrainingParams, UtilityMetric,
-    ValidationData, ValuationConfig, ValuationMethod,
+    ConfigError, DEFAULT_ROUND_TIMEOUT_MS, FederationConfig, RfflSettings, TrainingParams,
+    UtilityMetric, ValidationData, ValuationConfig, ValuationMethod,
 };
 
 /// Narrows a count to the wire's `uint32`, saturating (validated configs always fit).
@@ -287,7 +288,34 @@ impl TryFrom<proto::FederationConfig> for FederationConfig {
                 .unwrap_or_default(),
             validation: p.validation.as_ref().map(TryInto::try_into).transpose()?,
             seed: p.seed,
+            reputation: p.reputation.as_ref().map(Into::into),
         })
+    }
+}
+
+impl From<&proto::Reputation> for RfflSettings {
+    /// Unset optional fields take the paper's defaults; the gamma is narrowed to f32
+    /// (validation rejects a non-finite result).
+    fn from(p: &proto::Reputation) -> Self {
+        let d = RfflSettings::with_gamma(p.gamma as f32);
+        RfflSettings {
+            alpha: p.alpha.unwrap_or(d.alpha),
+            threshold_coefficient: p.threshold_coefficient.unwrap_or(d.threshold_coefficient),
+            warm_up_rounds: p.warm_up_rounds.unwrap_or(d.warm_up_rounds),
+            ..d
+        }
+    }
+}
+
+impl From<&RfflSettings> for proto::Reputation {
+    /// Every field set explicitly.
+    fn from(r: &RfflSettings) -> Self {
+        proto::Reputation {
+            gamma: f64::from(r.gamma),
+            alpha: Some(r.alpha),
+            threshold_coefficient: Some(r.threshold_coefficient),
+            warm_up_rounds: Some(r.warm_up_rounds),
+        }
     }
 }
 
@@ -307,6 +335,7 @@ impl From<&FederationConfig> for proto::FederationConfig {
             aggregator: Some(aggregator_to_proto(&c.aggregator)),
             validation: c.validation.as_ref().map(Into::into),
             seed: c.seed,
+            reputation: c.reputation.as_ref().map(Into::into),
         }
     }
 }
@@ -368,6 +397,12 @@ mod tests {
                 labels: vec![2, 0],
             }),
             seed: 11,
+            reputation: Some(RfflSettings {
+                gamma: 0.25,
+                alpha: 0.5,
+                threshold_coefficient: 0.125,
+                warm_up_rounds: 4,
+            }),
         }
     }
 
@@ -394,6 +429,26 @@ mod tests {
             let wire = proto::FederationConfig::from(&cfg);
             assert_eq!(FederationConfig::try_from(wire), Ok(cfg));
         }
+    }
+
+    #[test]
+    fn reputation_round_trips_and_unset_fields_take_defaults() {
+        let off = FederationConfig {
+            reputation: None,
+            ..full()
+        };
+        let wire = proto::FederationConfig::from(&off);
+        assert_eq!(wire.reputation, None);
+        assert_eq!(FederationConfig::try_from(wire), Ok(off));
+        let wire = proto::Reputation {
+            gamma: 0.5,
+            ..Default::default()
+        };
+        let settings = RfflSettings::from(&wire);
+        assert_eq!(settings, RfflSettings::with_gamma(0.5));
+        assert_eq!(settings.alpha, 0.95);
+        assert_eq!(settings.threshold_coefficient, 1.0 / 3.0);
+        assert_eq!(settings.warm_up_rounds, 10);
     }
 
     #[test]

@@ -115,7 +115,8 @@ impl Coordinator for CoordinatorService {
         let fed = self
             .authorized(&request, &req.federation_id, &req.client_id)
             .await?;
-        let model = fed.model(req.model_version).await?;
+        // In an RFFL federation each client downloads its own model.
+        let model = fed.model_for(&req.client_id, req.model_version).await?;
         let total = model.bytes.len();
         let chunks: Vec<Result<pb::ModelChunk, Status>> =
             tensor::chunk_ranges(total, self.chunk_bytes)
@@ -311,6 +312,7 @@ fn task_to_proto(fed: &Federation, task: NextTask) -> pb::Task {
             final_model_version,
             reason,
         }),
+        NextTask::Removed { round, reason } => Kind::Removed(pb::RemovedTask { round, reason }),
     };
     pb::Task { kind: Some(kind) }
 }

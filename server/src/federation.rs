@@ -95,6 +95,8 @@ pub enum NextTask {
         final_model_version: u64,
         reason: String,
     },
+    /// RFFL removed this client in `round`; it takes no further part.
+    Removed { round: u64, reason: String },
 }
 
 /// What an upload header claims, before its data arrives.
@@ -172,12 +174,59 @@ pub(crate) struct FedState {
     pub clients: Vec<ClientRecord>,
     pub by_id: HashMap<String, usize>,
     pub model: Arc<GlobalModel>,
+    /// RFFL federations only: each client's own model, at the version of `model`.
+    pub personal: HashMap<String, Arc<GlobalModel>>,
     pub round: Option<OpenRound>,
     /// The round loop's last failure while it retries; `None` when it is healthy.
     pub loop_error: Option<String>,
     /// Committed rounds whose valuation is not recorded yet, oldest first, with their
     /// inputs when still in memory (`None` after a restart: the worker reloads them).
     pub pending_valuation: BTreeMap<u64, Option<ValuationJob>>,
+}
+
+impl FedState {
+    /// The (1-based) round in which RFFL removed `client_id`, `None` if it was not
+    /// removed (or the federation does not use reputations). Every committed round is
+    /// one RFFL step, so RFFL's 0-based round `t` is the federation's round `t + 1`.
+    pub(crate) fn removed_in(&self, client_id: &str) -> Option<u64> {
+        let state = self.record.rffl.as_ref()?;
+        let &index = self.by_id.get(client_id)?;
+        let rffl_round = state.removed_at.get(index).copied().flatten()?;
+        Some(rffl_round.saturating_add(1))
+    }
+}
+
+/// Every client's own model after a restart (RFFL federations; empty otherwise): the
+/// stored model of the current version, or the initial model before the first commit.
+pub(crate) fn restore_personal(
+    store: &Store,
+    record: &FederationRecord,
+    clients: &[ClientRecord],
+    model: &GlobalModel,
+) -> ServiceResult<HashMap<String, Arc<GlobalModel>>> {
+    let mut personal = HashMap::new();
+    if record.config.reputation.is_none() {
+        return Ok(personal);
+    }
+    let version = record.model_version;
+    let initial = Arc::new(GlobalModel::new(version, model.params.to_vec()));
+    for c in clients {
+        let own = if version == 0 {
+            initial.clone()
+        } else {
+            let params = store
+                .get_client_model(&record.config.id, &c.client_id, version)?
+                .ok_or_else(|| {
+                    ServiceError::Internal(format!(
+                        "federation `{}`: model version {version} of {} missing from the store",
+                        record.config.id, c.client_id
+                    ))
+                })?;
+            Arc::new(GlobalModel::new(version, params))
+        };
+        personal.insert(c.client_id.clone(), own);
+    }
+    Ok(personal)
 }
 
 /// What valuing a committed round needs.
@@ -222,6 +271,7 @@ impl Federation {
             status: FederationStatus::Waiting,
             committed_rounds: 0,
             model_version: 0,
+            rffl: None,
         };
         if store.get_federation(&config.id)?.is_some() {
             return Err(ServiceError::AlreadyExists(format!(
@@ -236,6 +286,7 @@ impl Federation {
             GlobalModel::new(0, params),
             store,
             BTreeMap::new(),
+            HashMap::new(),
         )
     }
 
@@ -251,6 +302,7 @@ impl Federation {
                 ))
             })?;
         let model = GlobalModel::new(record.model_version, params);
+        let personal = restore_personal(&store, &record, &clients, &model)?;
         // Rounds committed but not valued before the restart are valued again.
         let pending = store
             .list_rounds(&record.config.id)?
@@ -258,7 +310,7 @@ impl Federation {
             .filter(|r| r.valuation_status == ValuationStatus::Pending)
             .map(|r| (r.round, None))
             .collect();
-        Self::assemble(record, clients, model, store, pending)
+        Self::assemble(record, clients, model, store, pending, personal)
     }
 
     fn assemble(
@@ -267,6 +319,7 @@ impl Federation {
         model: GlobalModel,
         store: Store,
         pending_valuation: BTreeMap<u64, Option<ValuationJob>>,
+        personal: HashMap<String, Arc<GlobalModel>>,
     ) -> ServiceResult<Arc<Self>> {
         let config = record.config.clone();
         let validation = match &config.validation {
@@ -289,6 +342,7 @@ impl Federation {
                 clients,
                 by_id,
                 model: Arc::new(model),
+                personal,
                 round: None,
                 loop_error: None,
                 pending_valuation,
@@ -417,6 +471,14 @@ impl Federation {
                 self.config.id
             )));
         }
+        if self.config.reputation.is_some()
+            && (st.round.is_some() || st.record.committed_rounds > 0)
+        {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "federation `{}` uses RFFL reputations, whose state is sized by the clients of its first round; it takes no new clients once round 1 has opened",
+                self.config.id
+            )));
+        }
         let seq = st.clients.len() as u64;
         let client_id = format!("client-{seq:04}");
         let token = auth::new_client_token(&client_id);
@@ -432,6 +494,10 @@ impl Federation {
         let index = st.clients.len();
         st.by_id.insert(client_id.clone(), index);
         st.clients.push(rec);
+        if self.config.reputation.is_some() {
+            let initial = st.model.clone();
+            st.personal.insert(client_id.clone(), initial);
+        }
         drop(st);
         self.notify();
         tracing::info!(federation = %self.config.id, %client_id, name, "client enrolled");
@@ -471,6 +537,12 @@ impl Federation {
                 };
             }
             FederationStatus::Waiting | FederationStatus::Running => {}
+        }
+        if let Some(round) = st.removed_in(client_id) {
+            return NextTask::Removed {
+                round,
+                reason: format!("removed by reputation in round {round}"),
+            };
         }
         let task = match &st.round {
             Some(r)
@@ -513,6 +585,52 @@ impl Federation {
             },
             (task, _) => task,
         }
+    }
+
+    /// The model `client_id` trains from at `version`: its own model in an RFFL
+    /// federation, the global model otherwise.
+    pub async fn model_for(
+        &self,
+        client_id: &str,
+        version: u64,
+    ) -> ServiceResult<Arc<GlobalModel>> {
+        if self.config.reputation.is_none() {
+            return self.model(version).await;
+        }
+        let current = {
+            let st = self.state.lock().await;
+            match st.personal.get(client_id) {
+                Some(m) => m.clone(),
+                None => {
+                    return Err(ServiceError::NotFound(format!(
+                        "{client_id} has no model in federation `{}`",
+                        self.config.id
+                    )));
+                }
+            }
+        };
+        if current.version == version {
+            return Ok(current);
+        }
+        if version > current.version {
+            return Err(ServiceError::NotFound(format!(
+                "model version {version} does not exist yet; the current version is {}",
+                current.version
+            )));
+        }
+        if version == 0 {
+            // Every client starts from the initial global model.
+            return self.model(0).await;
+        }
+        let params = self
+            .store
+            .get_client_model(&self.config.id, client_id, version)?
+            .ok_or_else(|| {
+                ServiceError::NotFound(format!(
+                    "model version {version} of {client_id} is not stored"
+                ))
+            })?;
+        Ok(Arc::new(GlobalModel::new(version, params)))
     }
 
     /// The global model of `version` (the current one from memory, older ones from the store).
@@ -631,7 +749,7 @@ impl Federation {
     ) -> ServiceResult<u64> {
         let mut st = self.state.lock().await;
         round_admits(&st, client_id, &claim)?;
-        check_applicable(&st.model, &delta)?;
+        check_applicable(st.personal.get(client_id).unwrap_or(&st.model), &delta)?;
         let record = UpdateRecord {
             client_id: client_id.to_string(),
             round: claim.round,
@@ -740,6 +858,11 @@ fn round_admits(st: &FedState, client_id: &str, claim: &UploadClaim) -> ServiceR
         return Err(ServiceError::FailedPrecondition(format!(
             "the federation is {}; it takes no more updates",
             st.record.status.as_str()
+        )));
+    }
+    if let Some(round) = st.removed_in(client_id) {
+        return Err(ServiceError::PermissionDenied(format!(
+            "{client_id} was removed by reputation in round {round}; it cannot upload"
         )));
     }
     let Some(r) = st.round.as_ref() else {
@@ -946,6 +1069,30 @@ pub(crate) mod tests {
         let stored = fed.store().list_updates("unit", 1).expect("listed");
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].1, delta);
+    }
+
+    #[tokio::test]
+    async fn rffl_refuses_enrollment_once_the_first_round_opened() {
+        let mut cfg = config(3);
+        cfg.reputation = Some(crate::config::RfflSettings::with_gamma(1.0));
+        let fed = Federation::create(cfg, Store::memory()).expect("created");
+        let (alice, _) = fed.enroll("s", "alice", 10).await.expect("enrolled");
+        // Before any round every client owns the initial model.
+        let own = fed.model_for(&alice, 0).await.expect("own model");
+        assert_eq!(own.params, fed.model(0).await.expect("global").params);
+        fed.state.lock().await.round = Some(OpenRound {
+            number: 1,
+            selected: BTreeSet::from([alice]),
+            received: BTreeMap::new(),
+            deadline: Instant::now() + Duration::from_secs(600),
+            deadline_wall_ms: now_ms() + 600_000,
+            closed: false,
+        });
+        let err = fed.enroll("s", "bob", 10).await.expect_err("refused");
+        assert!(
+            matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("takes no new clients once round 1 has opened")),
+            "{err}"
+        );
     }
 
     #[tokio::test]

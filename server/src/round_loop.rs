@@ -28,8 +28,9 @@ use tokio::time::Instant;
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{
     AcceptedUpdate, Event, FedState, Federation, GlobalModel, OpenRound, ValuationJob, now_ms,
+    restore_personal,
 };
-use crate::round_close::close_round;
+use crate::round_close::{RfflInputs, close_rffl_round, close_round};
 use crate::round_value::values_rounds;
 use crate::store::{FederationStatus, RoundRecord, StoreError, ValuationStatus};
 
@@ -179,7 +180,14 @@ async fn open_or_finish(fed: &Arc<Federation>) -> ServiceResult<Option<Step>> {
     {
         return Ok(None);
     }
-    let mut selected = fed.select(&st.clients, number);
+    // Clients removed by reputation (RFFL) are never selected again.
+    let eligible: Vec<_> = st
+        .clients
+        .iter()
+        .filter(|c| st.removed_in(&c.client_id).is_none())
+        .cloned()
+        .collect();
+    let mut selected = fed.select(&eligible, number);
     // Updates acknowledged before a restart belong to this round.
     let mut received = BTreeMap::new();
     for (record, delta) in fed.store().list_updates(fed.id(), number)? {
@@ -243,15 +251,27 @@ async fn collect(
 
 /// Closes the open round, aggregates and values it, and commits it atomically.
 async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
-    let (number, selected, updates, model) = {
+    let (number, selected, updates, model, rffl) = {
         let mut st = fed.state.lock().await;
         let model = st.model.clone();
+        let rffl = fed.config().reputation.map(|_| RfflInputs {
+            clients: st
+                .clients
+                .iter()
+                .map(|c| {
+                    let own = st.personal.get(&c.client_id).unwrap_or(&model);
+                    (c.client_id.clone(), own.params.clone())
+                })
+                .collect(),
+            state: st.record.rffl.clone(),
+            data_sizes: st.clients.iter().map(|c| c.num_samples).collect(),
+        });
         let Some(r) = st.round.as_mut() else {
             return Ok(());
         };
         r.closed = true;
         let updates: Vec<AcceptedUpdate> = r.received.values().cloned().collect();
-        (r.number, r.selected.clone(), updates, model)
+        (r.number, r.selected.clone(), updates, model, rffl)
     };
     fed.notify();
     if updates.is_empty() {
@@ -263,17 +283,31 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     let fed2 = fed.clone();
     let updates2 = updates.clone();
     let global = model.params.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        close_round(
-            fed2.config(),
-            fed2.validation().map(|v| v.as_ref()),
-            &global,
-            &updates2,
-            number,
-        )
+    let closed = tokio::task::spawn_blocking(move || {
+        let config = fed2.config();
+        let validation = fed2.validation().map(|v| v.as_ref());
+        match (config.reputation.as_ref(), rffl) {
+            (Some(settings), Some(inputs)) => close_rffl_round(
+                config, settings, validation, &global, inputs, &updates2, number,
+            )
+            .map(Closed::Rffl),
+            _ => close_round(config, validation, &global, &updates2, number).map(Closed::Plain),
+        }
     })
     .await
     .map_err(|e| ServiceError::Internal(format!("round {number} closing task failed: {e}")))??;
+    let (outcome, rffl) = match closed {
+        Closed::Plain(outcome) => (outcome, None),
+        Closed::Rffl(c) => (
+            c.aggregated,
+            Some((c.personal, c.state, c.reputations, c.threshold, c.clipped)),
+        ),
+    };
+    // The valuation values what the round aggregated: the clipped updates under RFFL.
+    let updates = match &rffl {
+        Some((.., clipped)) => clipped.clone(),
+        None => updates,
+    };
 
     let participants: Vec<String> = updates.iter().map(|u| u.record.client_id.clone()).collect();
     let stragglers: Vec<String> = selected
@@ -301,29 +335,66 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
             ValuationStatus::Skipped
         },
         valuation_stop: String::new(),
+        reputations: rffl
+            .as_ref()
+            .map(|(_, _, reps, ..)| reps.clone())
+            .unwrap_or_default(),
+        reputation_threshold: rffl.as_ref().and_then(|(_, _, _, t, _)| *t),
     };
     let new_model = GlobalModel::new(model.version + 1, outcome.params);
     let mut st = fed.state.lock().await;
     let mut fed_rec = st.record.clone();
     fed_rec.committed_rounds = number;
     fed_rec.model_version = new_model.version;
+    // Every client's own model moves to the new version: participants get their new
+    // one, the others keep theirs (stored again under the new version).
+    let personal: Vec<(String, Arc<Vec<f32>>)> = match rffl {
+        Some((updated, state, ..)) => {
+            fed_rec.rffl = Some(state);
+            let mut updated: BTreeMap<String, Vec<f32>> = updated.into_iter().collect();
+            st.clients
+                .iter()
+                .map(|c| {
+                    let own = match updated.remove(&c.client_id) {
+                        Some(p) => Arc::new(p),
+                        None => st
+                            .personal
+                            .get(&c.client_id)
+                            .map_or_else(|| model.params.clone(), |m| m.params.clone()),
+                    };
+                    (c.client_id.clone(), own)
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let store = fed.store().clone();
-    let (id, rec2, params, fed_rec2) = (
+    let (id, rec2, params, fed_rec2, personal2) = (
         fed.id().to_string(),
         record.clone(),
         new_model.params.clone(),
         fed_rec.clone(),
+        personal.clone(),
     );
-    let committed =
-        tokio::task::spawn_blocking(move || store.commit_round(&id, &rec2, &params, &fed_rec2))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("commit task failed: {e}")))?;
+    let committed = tokio::task::spawn_blocking(move || {
+        let views: Vec<(String, &[f32])> = personal2
+            .iter()
+            .map(|(c, p)| (c.clone(), p.as_slice()))
+            .collect();
+        store.commit_round(&id, &rec2, &params, &views, &fed_rec2)
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(format!("commit task failed: {e}")))?;
     match committed {
         Ok(()) => {}
         Err(StoreError::Conflict { .. }) => return adopt_committed(fed, st, number),
         Err(e) => return Err(e.into()),
     }
     st.record = fed_rec;
+    for (client_id, params) in personal {
+        let own = GlobalModel::new(new_model.version, Arc::unwrap_or_clone(params));
+        st.personal.insert(client_id, Arc::new(own));
+    }
     st.model = Arc::new(new_model);
     st.round = None;
     if valued {
@@ -339,6 +410,12 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     fed.emit(Event::RoundCommitted(Box::new(record)));
     fed.notify();
     Ok(())
+}
+
+/// What closing a round produced, by federation kind.
+enum Closed {
+    Plain(crate::round_close::Aggregated),
+    Rffl(crate::round_close::RfflClosed),
 }
 
 /// Round `number` is already in the store (an earlier attempt's commit reached the disk
@@ -371,8 +448,14 @@ fn adopt_committed(
     let mut fed_rec = st.record.clone();
     fed_rec.committed_rounds = number;
     fed_rec.model_version = record.model_version;
+    if let Some(stored) = store.get_federation(fed.id())? {
+        fed_rec.rffl = stored.rffl;
+    }
+    let model = GlobalModel::new(record.model_version, params);
+    let personal = restore_personal(store, &fed_rec, &st.clients, &model)?;
     store.put_federation(&fed_rec)?;
-    st.model = Arc::new(GlobalModel::new(record.model_version, params));
+    st.personal = personal;
+    st.model = Arc::new(model);
     st.record = fed_rec;
     st.round = None;
     if record.valuation_status == ValuationStatus::Pending {
@@ -531,5 +614,143 @@ mod tests {
         assert_eq!(got, vec![100, 200, 400, 800, 1600]);
         assert_eq!(retry_delay(40), RETRY_MAX);
         assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
+
+    /// Four honest clients agreeing on a direction and one uploading noise, 12 rounds of
+    /// RFFL with a 3-round warm-up: the noisy client alone is removed, told so, refused,
+    /// never selected again; reputations are recorded per round, every client has its
+    /// own model, and a restart keeps the reputations and the models.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rffl_removes_the_noisy_client_and_only_it() {
+        use rand::{Rng, SeedableRng};
+        use rand_chacha::ChaCha8Rng;
+
+        let mut cfg = config(12);
+        cfg.min_clients = 5;
+        // 93 parameters: enough dimensions for noise to be nearly orthogonal.
+        cfg.model = fedval_core::model::ModelSpec::LogisticRegression {
+            num_features: 30,
+            num_classes: 3,
+        };
+        let dim = cfg.model.num_params();
+        cfg.reputation = Some(crate::config::RfflSettings {
+            warm_up_rounds: 3,
+            ..crate::config::RfflSettings::with_gamma(1.0)
+        });
+        cfg.validate().expect("valid");
+        let store = Store::memory();
+        let fed = Federation::create(cfg, store.clone()).expect("created");
+        let mut ids = Vec::new();
+        for name in ["h0", "h1", "h2", "h3", "noisy"] {
+            ids.push(fed.enroll("s", name, 10).await.expect("enrolled").0);
+        }
+        let noisy = ids[4].clone();
+        let mut events = fed.subscribe_events();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(run(fed.clone(), stop_rx));
+        // Honest updates (norm > gamma, so clipped like the noise) share one direction.
+        let direction: Vec<f32> = (0..dim)
+            .map(|i| if i % 2 == 0 { 0.3 } else { -0.2 })
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut removed_round = None;
+        for round in 1..=12u64 {
+            until(&fed, || async {
+                matches!(fed.next_task(&ids[0]).await, NextTask::Train { round: r, .. } if r == round)
+            })
+            .await;
+            for (k, id) in ids.iter().enumerate() {
+                let delta: Vec<f32> = if *id == noisy {
+                    (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+                } else {
+                    direction
+                        .iter()
+                        .map(|x| x + 0.05 * (k as f32) * rng.random_range(-1.0f32..1.0))
+                        .collect()
+                };
+                let mut c = claim(round, &delta);
+                c.model_version = round - 1;
+                match fed.next_task(id).await {
+                    NextTask::Train { .. } => {
+                        fed.accept_update(id, c, delta).await.expect("accepted");
+                    }
+                    NextTask::Removed { round: r, reason } => {
+                        assert_eq!(*id, noisy, "honest {id} removed: {reason}");
+                        assert_eq!(reason, format!("removed by reputation in round {r}"));
+                        removed_round.get_or_insert(r);
+                        let err = fed.accept_update(id, c, delta).await.expect_err("refused");
+                        assert!(
+                            matches!(&err, ServiceError::PermissionDenied(m) if m.contains(&format!("removed by reputation in round {r}"))),
+                            "{err}"
+                        );
+                    }
+                    other => panic!("round {round}: unexpected task for {id}: {other:?}"),
+                }
+            }
+            let record = committed_event(&mut events).await;
+            assert_eq!(record.round, round);
+            assert_eq!(record.reputations.len(), 5);
+            assert_eq!(record.reputation_threshold.is_some(), round > 3);
+            if removed_round.is_some() {
+                assert!(
+                    !record.participants.contains(&noisy),
+                    "removed yet selected"
+                );
+            }
+        }
+        // Removal happens after the warm-up, and only of the noisy client.
+        let removed_in = removed_round.expect("the noisy client was removed");
+        // The first round after the 3-round warm-up (seeded, so exact).
+        assert_eq!(removed_in, 4);
+        let rounds = store.list_rounds("unit").expect("rounds");
+        assert_eq!(rounds.len(), 12);
+        let last = rounds.last().expect("last");
+        for rep in &last.reputations {
+            assert_eq!(rep.removed, rep.client_id == noisy, "{rep:?}");
+        }
+        let total: f64 = last.reputations.iter().map(|r| r.reputation).sum();
+        assert!((total - 1.0).abs() < 1e-9, "reputations sum to {total}");
+        let wire = crate::admin::round_to_proto(last);
+        assert_eq!(wire.reputations.len(), 5);
+        assert_eq!(wire.reputation_threshold, last.reputation_threshold);
+        // Every client has its own model; the honest ones differ from each other.
+        let own: Vec<Vec<f32>> = {
+            let mut v = Vec::new();
+            for id in &ids {
+                v.push(
+                    fed.model_for(id, 12)
+                        .await
+                        .expect("own model")
+                        .params
+                        .to_vec(),
+                );
+            }
+            v
+        };
+        assert_ne!(own[0], own[1]);
+        assert_ne!(own[0], own[4]);
+        let global = fed.model(12).await.expect("global").params.to_vec();
+        assert_ne!(own[0], global);
+        // An older version of a client's own model comes from the store.
+        let older = fed.model_for(&ids[0], 5).await.expect("version 5");
+        assert_eq!(older.version, 5);
+        let _ = stop_tx.send(true);
+        handle.await.expect("loop ends");
+
+        // A restart keeps the reputations, the removal and the own models.
+        let state_before = fed.state.lock().await.record.rffl.clone();
+        assert!(state_before.is_some());
+        let stored = store.get_federation("unit").expect("read").expect("exists");
+        let restored = Federation::restore(stored, store).expect("restored");
+        assert_eq!(restored.state.lock().await.record.rffl, state_before);
+        assert_eq!(restored.state.lock().await.removed_in(&noisy), Some(4));
+        assert_eq!(restored.state.lock().await.removed_in(&ids[0]), None);
+        for (id, params) in ids.iter().zip(&own) {
+            let m = restored
+                .model_for(id, 12)
+                .await
+                .expect("restored own model");
+            assert_eq!(&m.params.to_vec(), params);
+        }
     }
 }

@@ -252,9 +252,11 @@ mod tests {
             valuation_ms: 0,
             valuation_status: ValuationStatus::Pending,
             valuation_stop: String::new(),
+            reputations: Vec::new(),
+            reputation_threshold: None,
         };
         store
-            .commit_round("unit", &record, &[0.0; 9], &fed_rec)
+            .commit_round("unit", &record, &[0.0; 9], &[], &fed_rec)
             .expect("committed");
         let stored = store.get_federation("unit").expect("read").expect("exists");
         let fed = Federation::restore(stored, store).expect("restored");

@@ -126,6 +126,7 @@ pub fn federation_config(
             labels: prepared.validation.labels.clone(),
         }),
         seed: config.seed,
+        reputation: config.reputation.as_ref().map(Into::into),
         aggregator: Some(fedval_server::convert::aggregator_to_proto(
             &config.aggregator,
         )),
@@ -420,7 +421,7 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
                 final_accuracy: r.final_accuracy,
                 standalone_accuracy: standalone.get(r.index).copied().unwrap_or(f64::NAN),
                 test_accuracy: test_accuracy.get(i).copied().unwrap_or(f64::NAN),
-                removal_round: None,
+                removal_round: removal_round(&rounds, &r.client_id),
             }
         })
         .collect();
@@ -511,5 +512,48 @@ fn round_row(r: &pb::RoundRecord, names: &HashMap<String, String>) -> RoundRow {
                 )
             })
             .collect(),
+    }
+}
+
+/// The first round whose recorded reputations mark `client_id` removed (RFFL), if any.
+fn removal_round(rounds: &[pb::RoundRecord], client_id: &str) -> Option<u64> {
+    rounds
+        .iter()
+        .find(|r| {
+            r.reputations
+                .iter()
+                .any(|c| c.client_id == client_id && c.removed)
+        })
+        .map(|r| r.round)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_round_is_the_first_round_marking_the_client_removed() {
+        let round = |n: u64, removed: bool| pb::RoundRecord {
+            round: n,
+            reputations: vec![
+                pb::ClientReputation {
+                    client_id: "a".into(),
+                    reputation: 0.0,
+                    phi: 0.0,
+                    removed,
+                },
+                pb::ClientReputation {
+                    client_id: "b".into(),
+                    reputation: 1.0,
+                    phi: 1.0,
+                    removed: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let rounds = [round(1, false), round(2, true), round(3, true)];
+        assert_eq!(removal_round(&rounds, "a"), Some(2));
+        assert_eq!(removal_round(&rounds, "b"), None);
+        assert_eq!(removal_round(&[], "a"), None);
     }
 }

@@ -189,6 +189,11 @@ pub struct SimConfig {
     /// `{ kind = "multi_krum", byzantine = 2, selected = 6 }`,
     /// `{ kind = "norm_clip", max_norm = 1.0 }`; sent with the federation's configuration.
     pub aggregator: AggregatorSpec,
+    /// RFFL reputations, e.g. `{ gamma = 0.5, warm_up_rounds = 5 }`; unset (the default)
+    /// is off. When set the server's RFFL aggregation replaces `aggregator`, and the
+    /// report's removal rounds come from the recorded reputations. A federation with
+    /// reputations refuses late joiners.
+    pub reputation: Option<fedval_server::config::RfflSettings>,
     /// Adversarial and late clients.
     pub adversaries: Adversaries,
 }
@@ -215,6 +220,7 @@ impl Default for SimConfig {
             round_timeout_ms: 30_000,
             seed: 42,
             aggregator: AggregatorSpec::FedAvg,
+            reputation: None,
             adversaries: Adversaries::default(),
         }
     }
@@ -306,6 +312,18 @@ mod tests {
         let path = format!("{SCENARIOS}/{name}.toml");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn reputation_is_off_by_default_and_parses_with_defaults() {
+        assert_eq!(SimConfig::default().reputation, None);
+        let config: SimConfig =
+            toml::from_str("reputation = { gamma = 0.5, warm_up_rounds = 3 }").expect("parses");
+        let expected = fedval_server::config::RfflSettings {
+            warm_up_rounds: 3,
+            ..fedval_server::config::RfflSettings::with_gamma(0.5)
+        };
+        assert_eq!(config.reputation, Some(expected));
     }
 
     #[test]

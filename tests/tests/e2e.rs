@@ -11,6 +11,7 @@ mod e2e {
     mod federation_flow;
     mod large_model;
     mod many_federations;
+    mod reputation;
     mod restart;
     mod simulator;
     mod upload_limits;

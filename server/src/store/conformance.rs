@@ -56,10 +56,12 @@ fn fed(id: &str) -> FederationRecord {
             aggregator: Default::default(),
             validation: None,
             seed: 1,
+            reputation: None,
         },
         status: FederationStatus::Waiting,
         committed_rounds: 0,
         model_version: 0,
+        rffl: None,
     }
 }
 
@@ -107,6 +109,8 @@ fn round_record(round: u64, model_version: u64, participants: &[&str]) -> RoundR
         utility_empty: 0.5,
         valuation_ms: 3,
         valuation_status: ValuationStatus::Done,
+        reputations: Vec::new(),
+        reputation_threshold: None,
         valuation_stop: "exact".into(),
     }
 }
@@ -208,7 +212,7 @@ pub fn commit_round(s: &Store) {
     after.committed_rounds = 1;
     after.model_version = 1;
     let r0 = round_record(0, 1, &["a", "b"]);
-    s.commit_round("f", &r0, &[0.5, -0.5], &after)
+    s.commit_round("f", &r0, &[0.5, -0.5], &[], &after)
         .expect("commit");
     assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0.clone()]);
     assert_eq!(s.get_model("f", 1).expect("model"), Some(vec![0.5, -0.5]));
@@ -218,7 +222,10 @@ pub fn commit_round(s: &Store) {
     replay.committed_rounds = 2;
     replay.model_version = 2;
     let r0b = round_record(0, 2, &["c"]);
-    assert_conflict(s.commit_round("f", &r0b, &[9.0, 9.0], &replay), "round/f/");
+    assert_conflict(
+        s.commit_round("f", &r0b, &[9.0, 9.0], &[], &replay),
+        "round/f/",
+    );
     assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0.clone()]);
     assert_eq!(s.get_model("f", 2).expect("model"), None, "nothing written");
     assert_eq!(s.get_federation("f").expect("get"), Some(after));
@@ -226,12 +233,44 @@ pub fn commit_round(s: &Store) {
     // Rounds list in numeric order whatever the commit order.
     let r10 = round_record(10, 11, &["a"]);
     let r2 = round_record(2, 3, &["b"]);
-    s.commit_round("f", &r10, &[1.0, 1.0], &fed("f"))
+    s.commit_round("f", &r10, &[1.0, 1.0], &[], &fed("f"))
         .expect("commit 10");
-    s.commit_round("f", &r2, &[2.0, 2.0], &fed("f"))
+    s.commit_round("f", &r2, &[2.0, 2.0], &[], &fed("f"))
         .expect("commit 2");
     assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0, r2, r10]);
     assert_eq!(s.list_rounds("g").expect("rounds"), vec![]);
+}
+
+/// Client models and the RFFL state are committed with the round, or not at all.
+pub fn commit_round_with_client_models(s: &Store) {
+    s.create_federation(&fed("f"), &[0.0, 0.0]).expect("create");
+    let mut after = fed("f");
+    after.committed_rounds = 1;
+    after.model_version = 1;
+    after.rffl = Some(fedval_core::reputation::RfflState::new(&[3, 1]).expect("state"));
+    let r0 = round_record(0, 1, &["a/1", "b"]);
+    let models: [(String, &[f32]); 2] = [("a/1".into(), &[1.0, 2.0]), ("b".into(), &[-3.0, 0.5])];
+    s.commit_round("f", &r0, &[0.5, 0.5], &models, &after)
+        .expect("commit");
+    assert_eq!(
+        s.get_client_model("f", "a/1", 1).expect("a"),
+        Some(vec![1.0, 2.0])
+    );
+    assert_eq!(
+        s.get_client_model("f", "b", 1).expect("b"),
+        Some(vec![-3.0, 0.5])
+    );
+    assert_eq!(s.get_client_model("f", "b", 0).expect("b0"), None);
+    assert_eq!(s.get_client_model("g", "b", 1).expect("other fed"), None);
+    assert_eq!(s.get_federation("f").expect("get"), Some(after.clone()));
+    // A replayed commit writes none of its client models.
+    let r0b = round_record(0, 2, &["b"]);
+    let replay: [(String, &[f32]); 1] = [("b".into(), &[9.0, 9.0])];
+    assert_conflict(
+        s.commit_round("f", &r0b, &[9.0, 9.0], &replay, &after),
+        "round/f/",
+    );
+    assert_eq!(s.get_client_model("f", "b", 2).expect("b2"), None);
 }
 
 /// Writes through one store, drops it, reopens the directory and finds everything.
@@ -247,7 +286,7 @@ pub fn reopen(open: fn(&Path) -> Result<Store, StoreError>) {
         s.add_client("f", &client("one", 1)).expect("add");
         s.put_update("f", &update("c1", 0), &[0.25, 0.5])
             .expect("put");
-        s.commit_round("f", &r0, &[1.25, 2.5], &after)
+        s.commit_round("f", &r0, &[1.25, 2.5], &[], &after)
             .expect("commit");
         s.put_update("f", &update("c1", 1), &[3.0, 4.0])
             .expect("put round 1");
@@ -266,7 +305,10 @@ pub fn reopen(open: fn(&Path) -> Result<Store, StoreError>) {
         vec![(update("c1", 1), vec![3.0, 4.0])]
     );
     // Uniqueness survives the restart too.
-    assert_conflict(s.commit_round("f", &r0, &[0.0, 0.0], &after), "round/f/");
+    assert_conflict(
+        s.commit_round("f", &r0, &[0.0, 0.0], &[], &after),
+        "round/f/",
+    );
     assert_conflict(s.put_update("f", &update("c1", 1), &[0.0]), "update/f/");
     assert_conflict(s.add_client("f", &client("one", 2)), "client-name/f/one");
 }
@@ -303,6 +345,10 @@ macro_rules! conformance {
             #[test]
             fn commit_round() {
                 super::commit_round(&$fixture.store)
+            }
+            #[test]
+            fn commit_round_with_client_models() {
+                super::commit_round_with_client_models(&$fixture.store)
             }
         }
     };

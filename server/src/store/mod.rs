@@ -25,6 +25,7 @@
 //! | `delta/<federation>/<round>/<client_id>`    | update tensor (LE f32 bytes)   |
 //! | `model/<federation>/<version>`              | global model (LE f32 bytes)    |
 //! | `round/<federation>/<round>`                | [`RoundRecord`] (JSON)         |
+//! | `cmodel/<federation>/<client_id>/<version>` | a client's own model (RFFL)    |
 
 pub mod kv;
 pub mod memory;
@@ -45,8 +46,8 @@ use serde::de::DeserializeOwned;
 use crate::config::StoreKind;
 pub use kv::{Batch, KvBackend};
 pub use records::{
-    ClientRecord, ClientValue, FederationRecord, FederationStatus, RoundRecord, UpdateRecord,
-    ValuationStatus,
+    ClientRecord, ClientReputation, ClientValue, FederationRecord, FederationStatus, RoundRecord,
+    UpdateRecord, ValuationStatus,
 };
 
 /// Errors of the store.
@@ -126,6 +127,9 @@ mod keys {
     }
     pub fn round(fed: &str, round: u64) -> Vec<u8> {
         format!("round/{}/{}", part(fed), num(round)).into_bytes()
+    }
+    pub fn client_model(fed: &str, client_id: &str, version: u64) -> Vec<u8> {
+        format!("cmodel/{}/{}/{}", part(fed), part(client_id), num(version)).into_bytes()
     }
 }
 
@@ -324,30 +328,49 @@ impl Store {
             .transpose()
     }
 
+    /// A client's own model (RFFL federations) of `version`, if stored.
+    pub fn get_client_model(
+        &self,
+        federation: &str,
+        client_id: &str,
+        version: u64,
+    ) -> Result<Option<Vec<f32>>, StoreError> {
+        let key = keys::client_model(federation, client_id, version);
+        self.kv
+            .get(&key)?
+            .map(|bytes| decode_tensor(&key, &bytes))
+            .transpose()
+    }
+
     /// Commits a round in ONE atomic, durable batch: the round record, the new model (as
-    /// version `round.model_version`) and the federation's record `fed` (which must be
-    /// `federation`'s). [`StoreError::Conflict`] if the round was already committed, in
-    /// which case nothing changes.
+    /// version `round.model_version`), each `(client_id, model)` of `client_models` as
+    /// that client's own model of the same version (RFFL; empty otherwise) and the
+    /// federation's record `fed` (which must be `federation`'s).
+    /// [`StoreError::Conflict`] if the round was already committed, in which case
+    /// nothing changes.
     pub fn commit_round(
         &self,
         federation: &str,
         round: &RoundRecord,
         new_model: &[f32],
+        client_models: &[(String, &[f32])],
         fed: &FederationRecord,
     ) -> Result<(), StoreError> {
         let round_key = keys::round(federation, round.round);
         let round_value = encode(&round_key, round)?;
         let fed_key = keys::federation(federation);
         let fed_value = encode(&fed_key, fed)?;
-        self.kv.commit(
-            Batch::new()
-                .insert_new(round_key, round_value)
-                .put(
-                    keys::model(federation, round.model_version),
-                    fedval_core::tensor::to_le_bytes(new_model),
-                )
-                .put(fed_key, fed_value),
-        )
+        let mut batch = Batch::new().insert_new(round_key, round_value).put(
+            keys::model(federation, round.model_version),
+            fedval_core::tensor::to_le_bytes(new_model),
+        );
+        for (client_id, model) in client_models {
+            batch = batch.put(
+                keys::client_model(federation, client_id, round.model_version),
+                fedval_core::tensor::to_le_bytes(model),
+            );
+        }
+        self.kv.commit(batch.put(fed_key, fed_value))
     }
 
     /// Replaces the record of an already committed round (its valuation arrives after

@@ -7,6 +7,7 @@
 //! `f64` survives a round trip bit for bit. Tensors (models, updates) are not JSON: they are
 //! little-endian f32 bytes, the wire format of `fedval_core::tensor`.
 
+use fedval_core::reputation::RfflState;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FederationConfig;
@@ -22,6 +23,10 @@ pub struct FederationRecord {
     pub committed_rounds: u64,
     /// Version of the current global model (0 = the initial model).
     pub model_version: u64,
+    /// RFFL state after the last committed round (reputation federations only; `None`
+    /// before the first round commits). Committed with the round, so a restart keeps it.
+    #[serde(default)]
+    pub rffl: Option<RfflState>,
 }
 
 /// Life cycle of a federation.
@@ -122,6 +127,25 @@ pub struct RoundRecord {
     /// while pending or when not valued.
     #[serde(default)]
     pub valuation_stop: String,
+    /// RFFL only: every client's reputation after this round, in enrollment order.
+    #[serde(default)]
+    pub reputations: Vec<ClientReputation>,
+    /// RFFL only: this round's removal threshold; `None` during the warm-up.
+    #[serde(default)]
+    pub reputation_threshold: Option<f64>,
+}
+
+/// One client's RFFL reputation after a round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientReputation {
+    /// The client.
+    pub client_id: String,
+    /// Normalised reputation (0 once removed).
+    pub reputation: f64,
+    /// Cosine similarity of its clipped update with the aggregate (0 if it sat out).
+    pub phi: f64,
+    /// True once the client is removed (in this round or an earlier one).
+    pub removed: bool,
 }
 
 /// The state of a committed round's valuation, which runs after the round is committed.
@@ -250,6 +274,13 @@ mod tests {
             valuation_ms: 1,
             valuation_status: ValuationStatus::Failed("x".into()),
             valuation_stop: "exact".into(),
+            reputations: vec![ClientReputation {
+                client_id: "a".into(),
+                reputation: 0.25,
+                phi: -0.5,
+                removed: true,
+            }],
+            reputation_threshold: Some(1.0 / 3.0),
         };
         let json = serde_json::to_vec(&rec).expect("encodes");
         let back: RoundRecord = serde_json::from_slice(&json).expect("decodes");

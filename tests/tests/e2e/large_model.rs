@@ -36,6 +36,7 @@ async fn fifty_megabyte_update_uploads() {
         validation: None,
         seed: 1,
         aggregator: None,
+        reputation: None,
     };
     let mut admin = admin(&url).await;
     admin
@@ -58,7 +59,7 @@ async fn fifty_megabyte_update_uploads() {
         match client.pull_task().await.expect("pull") {
             Task::Train(t) => break t,
             Task::Wait { .. } => continue,
-            Task::Done { .. } => panic!("federation ended early"),
+            Task::Done { .. } | Task::Removed { .. } => panic!("federation ended early"),
         }
     };
     let global = client
