@@ -422,6 +422,14 @@ mod tests {
         }
     }
 
+    /// A node enrolled in the fake coordinator at `url`.
+    async fn enrolled(url: &str) -> FederationClient {
+        let channel = crate::connect(url).await.unwrap();
+        FederationClient::enroll(channel, "demo", "secret", "n", 4)
+            .await
+            .unwrap()
+    }
+
     fn opts(events: &Arc<Mutex<Vec<NodeEvent>>>) -> RunOptions {
         let sink = Arc::clone(events);
         RunOptions {
@@ -467,10 +475,7 @@ mod tests {
             },
         )
         .await;
-        let channel = crate::connect(&f.url).await.unwrap();
-        let mut client = FederationClient::enroll(channel, "demo", "secret", "n", 4)
-            .await
-            .unwrap();
+        let mut client = enrolled(&f.url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
         let trainer = ModelTrainer::new(spec(), data(), 7).unwrap();
 
@@ -548,10 +553,7 @@ mod tests {
             },
         )
         .await;
-        let channel = crate::connect(&f.url).await.unwrap();
-        let mut client = FederationClient::enroll(channel, "demo", "secret", "n", 4)
-            .await
-            .unwrap();
+        let mut client = enrolled(&f.url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
         let trainer = ModelTrainer::new(spec(), data(), 7).unwrap();
         let summary = run_node(&mut client, trainer, &opts(&events))
@@ -581,10 +583,7 @@ mod tests {
             },
         )
         .await;
-        let channel = crate::connect(&f.url).await.unwrap();
-        let mut client = FederationClient::enroll(channel, "demo", "secret", "n", 4)
-            .await
-            .unwrap();
+        let mut client = enrolled(&f.url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
         let trainer = ModelTrainer::new(spec(), data(), 7).unwrap();
         // max_retries = 2: three failures in a row give up with the last one.
@@ -631,10 +630,7 @@ mod tests {
             },
         )
         .await;
-        let channel = crate::connect(&f.url).await.unwrap();
-        let mut client = FederationClient::enroll(channel, "demo", "secret", "n", 4)
-            .await
-            .unwrap();
+        let mut client = enrolled(&f.url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
         let err = run_node(&mut client, Broken, &opts(&events))
             .await

@@ -57,9 +57,7 @@ impl Estimator for MsrBanzhaf {
         if n == 0 {
             return Err(ValuationError::NoPlayers);
         }
-        let cap = game
-            .remaining()
-            .map_or(self.budget, |left| left.min(self.budget));
+        let cap = game.cap(self.budget);
         if cap == 0 {
             return Err(ValuationError::BudgetTooSmall {
                 budget: cap,

@@ -283,6 +283,12 @@ impl<G: Game> Metered<G> {
         self.budget
     }
 
+    /// The evaluations a run with its own `budget` may spend here: that budget, capped by
+    /// what the meter has left (estimators sharing one meter never overspend it).
+    pub fn cap(&self, budget: u64) -> u64 {
+        self.remaining().map_or(budget, |left| left.min(budget))
+    }
+
     /// Evaluations left before the budget is exhausted (`None`: unbounded).
     pub fn remaining(&self) -> Option<u64> {
         self.budget.map(|b| b.saturating_sub(self.evaluations))

@@ -50,9 +50,7 @@ impl Estimator for PermutationSampling {
         if n == 0 {
             return Err(ValuationError::NoPlayers);
         }
-        let cap = game
-            .remaining()
-            .map_or(self.budget, |left| left.min(self.budget));
+        let cap = game.cap(self.budget);
         let sample_cost = (n as u64 - 1) * self.walks();
         let needed = 2 + sample_cost;
         if cap < needed {

@@ -8,7 +8,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use rand::Rng;
 
-use super::{Coalition, IncrementalGame, Metered, ValuationError};
+use super::{Coalition, ValuationError};
 
 /// A coalition as the SVARM estimators manipulate it in their hot loops. Implemented by
 /// `u64` (players `0..64`, allocation-free) and by [`Coalition`] (any `n`); the estimators
@@ -160,14 +160,6 @@ pub(crate) fn check_players(n: usize) -> Result<(), ValuationError> {
         return Err(ValuationError::NoPlayers);
     }
     Ok(())
-}
-
-/// The evaluations a run may spend: its own budget, capped by what the meter has left.
-pub(crate) fn budget_cap<G>(budget: u64, game: &Metered<G>) -> u64
-where
-    G: IncrementalGame,
-{
-    game.remaining().map_or(budget, |left| left.min(budget))
 }
 
 /// Samples a size from fixed weights by inverse CDF (binary search, `O(log n)`).

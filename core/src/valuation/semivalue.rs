@@ -175,9 +175,7 @@ impl Estimator for Semivalue {
     ) -> Result<Valuation, ValuationError> {
         let n = game.n_players();
         let sizes = SizeSampler::new(&self.weights.size_probabilities(n)?);
-        let cap = game
-            .remaining()
-            .map_or(self.budget, |left| left.min(self.budget));
+        let cap = game.cap(self.budget);
         let worst = n as u64 + 1;
         if cap < worst {
             return Err(ValuationError::BudgetTooSmall {

@@ -137,7 +137,7 @@
 use rand::Rng;
 
 use super::sampling::{
-    Mask, MaskSet, SizeSampler, Strata, binomial, budget_cap, check_players, partial_shuffle,
+    Mask, MaskSet, SizeSampler, Strata, binomial, check_players, partial_shuffle,
 };
 use super::{
     Coalition, Estimator, IncrementalGame, Metered, Method, StopReason, Valuation, ValuationError,
@@ -247,7 +247,7 @@ impl StratifiedSvarm {
     ) -> Result<Valuation, ValuationError> {
         let method = self.method();
         let n = game.n_players();
-        let cap = budget_cap(self.budget, game);
+        let cap = game.cap(self.budget);
         let needed = exact_step_cost(n);
         if cap < needed {
             return Err(ValuationError::BudgetTooSmall {

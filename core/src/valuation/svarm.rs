@@ -27,7 +27,7 @@
 
 use rand::Rng;
 
-use super::sampling::{Mask, SizeSampler, Strata, budget_cap, check_players, draw_subset};
+use super::sampling::{Mask, SizeSampler, Strata, check_players, draw_subset};
 use super::{
     Coalition, Estimator, IncrementalGame, Metered, Method, StopReason, Valuation, ValuationError,
 };
@@ -72,7 +72,7 @@ impl Svarm {
         batch: usize,
     ) -> Result<Valuation, ValuationError> {
         let n = game.n_players();
-        let cap = budget_cap(self.budget, game);
+        let cap = game.cap(self.budget);
         let needed = 2 * n as u64;
         if cap < needed {
             return Err(ValuationError::BudgetTooSmall {

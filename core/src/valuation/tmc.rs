@@ -168,7 +168,7 @@ pub(crate) fn walk_capacity<G: Game>(
     if n == 0 {
         return Err(ValuationError::NoPlayers);
     }
-    let cap = game.remaining().map_or(budget, |left| left.min(budget));
+    let cap = game.cap(budget);
     let needed = n as u64 + 1;
     if cap < needed {
         return Err(ValuationError::BudgetTooSmall {
