@@ -114,6 +114,20 @@ pub fn round_to_proto(r: &RoundRecord) -> pb::RoundRecord {
             })
             .collect(),
         reputation_threshold: r.reputation_threshold,
+        fair_reward: r.fair_reward.as_ref().map(|f| pb::FairRewardRound {
+            exploring: f.exploring,
+            p_value: f.p_value,
+            clients: f
+                .clients
+                .iter()
+                .map(|c| pb::ClientFairReward {
+                    client_id: c.client_id.clone(),
+                    psi: c.psi,
+                    received_model: c.received_model,
+                    probability: c.probability,
+                })
+                .collect(),
+        }),
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use fedval_core::aggregate::AggregatorSpec;
 use fedval_core::data::Dataset;
 use fedval_core::model::ModelSpec;
-use fedval_core::reputation::RfflConfig;
+use fedval_core::reputation::{FairRewardConfig, RfflConfig};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,10 @@ pub const MAX_EXACT_PLAYERS: usize = 20;
 pub const MAX_VALIDATION_VALUES: usize = 1_000_000;
 /// Default round timeout, in milliseconds.
 pub const DEFAULT_ROUND_TIMEOUT_MS: u64 = 30_000;
+/// Most clients a fair-reward federation takes: estimating contributions costs about
+/// `n^3 / 2` gradient additions per round and the stationarity test inverts an `n x n`
+/// covariance, so the policy is meant for cross-silo federations.
+pub const MAX_FAIR_REWARD_CLIENTS: usize = 100;
 
 /// An invalid configuration value: the field (dotted path, with indices) and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +105,130 @@ pub struct FederationConfig {
     /// round has opened (the reputation state is sized by the clients of round 1).
     #[serde(default)]
     pub reputation: Option<RfflSettings>,
+    /// Fair yet asymptotically equal rewards (`fair_reward = { beta = 150.0, ratio = 0.4 }`,
+    /// ALGORITHMS.md section 5); `None` (the default) is off, and it cannot be combined
+    /// with `reputation`. When set, every client trains from and downloads its own model;
+    /// the round aggregates with `aggregator` into the global model as usual, and the
+    /// policy decides who receives that newest global model: every participant while
+    /// contributions are being estimated (exploration), then `floor(ratio x participants)`
+    /// participants drawn by `softmax(beta psi)` (exploitation); the others keep their
+    /// model. No client may enroll once the first round has opened (the policy's state is
+    /// sized by the clients of round 1), and at most [`MAX_FAIR_REWARD_CLIENTS`] may
+    /// enroll. See `fair_reward` (the server module) for the exact semantics.
+    #[serde(default)]
+    pub fair_reward: Option<FairRewardSettings>,
+}
+
+/// Settings of the fair yet asymptotically equal reward policy (Lin et al. 2023,
+/// ALGORITHMS.md section 5); omitted fields take the paper's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FairRewardSettings {
+    /// Softmax inverse temperature `beta` of the selection probabilities, finite and
+    /// >= 0 (150).
+    #[serde(default = "default_fair_beta")]
+    pub beta: f64,
+    /// Fraction of the round's participants that receive the newest global model during
+    /// exploitation, in `[0, 1]` (0.4).
+    #[serde(default = "default_fair_ratio")]
+    pub ratio: f64,
+    /// Exploration stops once the stationarity test's p-value exceeds this, in `(0, 1)`
+    /// (0.9).
+    #[serde(default = "default_fair_significance")]
+    pub significance: f64,
+    /// Rounds the stationarity test looks at; must exceed the number of clients (checked
+    /// against `min_clients` here and against every enrollment). Unset: `2 n + 1` for
+    /// the `n` clients of round 1.
+    #[serde(default)]
+    pub window: Option<usize>,
+    /// Seed of the per-round coalition sampling and recipient draws; unset: the
+    /// federation's `seed`.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+fn default_fair_beta() -> f64 {
+    FairRewardConfig::for_clients(1).beta
+}
+
+fn default_fair_ratio() -> f64 {
+    FairRewardConfig::for_clients(1).ratio
+}
+
+fn default_fair_significance() -> f64 {
+    FairRewardConfig::for_clients(1).significance
+}
+
+impl Default for FairRewardSettings {
+    /// The paper's defaults, window `2 n + 1`, the federation's seed.
+    fn default() -> Self {
+        Self {
+            beta: default_fair_beta(),
+            ratio: default_fair_ratio(),
+            significance: default_fair_significance(),
+            window: None,
+            seed: None,
+        }
+    }
+}
+
+impl FairRewardSettings {
+    /// The core algorithm's configuration for a federation of `n` clients.
+    pub fn to_core(self, n: usize) -> FairRewardConfig {
+        FairRewardConfig {
+            beta: self.beta,
+            ratio: self.ratio,
+            window: self
+                .window
+                .unwrap_or_else(|| FairRewardConfig::for_clients(n).window),
+            significance: self.significance,
+        }
+    }
+
+    /// Checks the ranges for a federation that needs `min_clients` clients, naming the
+    /// field as `fair_reward.beta` etc.
+    pub fn validate(&self, min_clients: usize) -> Result<(), ConfigError> {
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return Err(ConfigError::new(
+                "fair_reward.beta",
+                format!("must be a finite number >= 0, got {}", self.beta),
+            ));
+        }
+        if !(self.ratio.is_finite() && (0.0..=1.0).contains(&self.ratio)) {
+            return Err(ConfigError::new(
+                "fair_reward.ratio",
+                format!("must be in [0, 1], got {}", self.ratio),
+            ));
+        }
+        if !(self.significance > 0.0 && self.significance < 1.0) {
+            return Err(ConfigError::new(
+                "fair_reward.significance",
+                format!("must be in (0, 1), got {}", self.significance),
+            ));
+        }
+        if let Some(window) = self.window {
+            if window <= min_clients {
+                return Err(ConfigError::new(
+                    "fair_reward.window",
+                    format!(
+                        "must exceed the number of clients (the stationarity test needs more \
+                         rounds than clients), but min_clients is {min_clients} and window is {window}"
+                    ),
+                ));
+            }
+            check_range("fair_reward.window", window, 0, MAX_ROUNDS as usize)?;
+        }
+        if min_clients > MAX_FAIR_REWARD_CLIENTS {
+            return Err(ConfigError::new(
+                "min_clients",
+                format!(
+                    "is {min_clients}, but a fair_reward federation takes at most \
+                     {MAX_FAIR_REWARD_CLIENTS} clients"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// RFFL settings of a federation (ALGORITHMS.md section 4); omitted fields take the
@@ -119,6 +247,17 @@ pub struct RfflSettings {
     /// Rounds before removals start (10).
     #[serde(default = "default_rffl_warm_up_rounds")]
     pub warm_up_rounds: u64,
+    /// What a client's own model is built on each round (true, ALGORITHMS.md 4): its model
+    /// after local training, i.e. it keeps its own clipped update, plus the sparsified
+    /// reward. False follows the reference code instead: the model reverts to its state
+    /// before local training and receives only the reward, so clients with full rewards
+    /// end near the shared aggregate instead of drifting towards their local optimum.
+    #[serde(default = "default_true")]
+    pub keep_own_update: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_rffl_alpha() -> f64 {
@@ -142,6 +281,7 @@ impl RfflSettings {
             alpha: c.alpha,
             threshold_coefficient: c.threshold_coefficient,
             warm_up_rounds: c.warm_up_rounds,
+            keep_own_update: true,
         }
     }
 
@@ -429,6 +569,24 @@ fn check_range<T: PartialOrd + std::fmt::Display>(
 }
 
 impl FederationConfig {
+    /// Whether every client trains from and downloads its own model rather than the
+    /// global one: true under a reward policy (`reputation` or `fair_reward`).
+    pub fn personal_models(&self) -> bool {
+        self.reputation.is_some() || self.fair_reward.is_some()
+    }
+
+    /// The reward policy's name for messages (`"RFFL reputations"`, `"fair yet
+    /// asymptotically equal rewards"`); `None` without one.
+    pub fn reward_policy(&self) -> Option<&'static str> {
+        if self.reputation.is_some() {
+            Some("RFFL reputations")
+        } else if self.fair_reward.is_some() {
+            Some("fair yet asymptotically equal rewards")
+        } else {
+            None
+        }
+    }
+
     /// Checks every field; the first problem found is returned, naming its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_id(&self.id)?;
@@ -466,6 +624,17 @@ impl FederationConfig {
         self.validate_aggregator()?;
         if let Some(r) = &self.reputation {
             r.validate()?;
+        }
+        if let Some(f) = &self.fair_reward {
+            if self.reputation.is_some() {
+                return Err(ConfigError::new(
+                    "fair_reward",
+                    "cannot be combined with `reputation`: both are reward policies that \
+                     decide which model each client gets; set `reputation` (RFFL) or \
+                     `fair_reward`, not both",
+                ));
+            }
+            f.validate(self.min_clients)?;
         }
         match &self.validation {
             Some(v) => validate_validation(v, &self.model),
@@ -920,6 +1089,7 @@ mod tests {
             }),
             seed: 0,
             reputation: None,
+            fair_reward: None,
         }
     }
 
@@ -974,6 +1144,7 @@ mod tests {
                 }),
                 seed: 7,
                 reputation: None,
+                fair_reward: None,
             }]
         );
     }
@@ -1016,7 +1187,13 @@ mod tests {
         "#;
         let cfg: FederationConfig = toml::from_str(text).expect("parses");
         assert_eq!(cfg.reputation, Some(RfflSettings::with_gamma(0.5)));
+        assert!(RfflSettings::with_gamma(0.5).keep_own_update);
         assert_eq!(cfg.validate(), Ok(()));
+        let reference: FederationConfig = toml::from_str(
+            &text.replace("gamma = 0.5 }", "gamma = 0.5, keep_own_update = false }"),
+        )
+        .expect("parses");
+        assert_eq!(reference.reputation.map(|r| r.keep_own_update), Some(false));
         let with = |r: RfflSettings| {
             FederationConfig {
                 reputation: Some(r),
@@ -1054,6 +1231,116 @@ mod tests {
         for (field, r) in bad {
             assert_eq!(with(r), Err(field.to_string()), "{r:?}");
         }
+    }
+
+    #[test]
+    fn fair_reward_parses_with_defaults_and_is_validated() {
+        let base = r#"
+            id = "f"
+            enrollment_secret = "s"
+            rounds = 3
+            min_clients = 3
+            model = { kind = "logistic_regression", num_features = 2, num_classes = 2 }
+            valuation = { method = "none" }
+        "#;
+        let parse = |extra: &str| toml::from_str::<FederationConfig>(&format!("{base}\n{extra}"));
+        let off = parse("").expect("parses");
+        assert_eq!(off.fair_reward, None);
+        assert!(!off.personal_models());
+        let cfg = parse("fair_reward = {}").expect("parses");
+        assert_eq!(cfg.fair_reward, Some(FairRewardSettings::default()));
+        assert!(cfg.personal_models());
+        assert_eq!(cfg.validate(), Ok(()));
+        let full = parse(
+            "fair_reward = { beta = 20.0, ratio = 0.25, significance = 0.7, window = 9, seed = 4 }",
+        )
+        .expect("parses");
+        let settings = full.fair_reward.expect("set");
+        assert_eq!(
+            settings,
+            FairRewardSettings {
+                beta: 20.0,
+                ratio: 0.25,
+                significance: 0.7,
+                window: Some(9),
+                seed: Some(4),
+            }
+        );
+        // The default window is 2 n + 1 for the n clients of round 1.
+        assert_eq!(FairRewardSettings::default().to_core(4).window, 9);
+        assert_eq!(settings.to_core(4).window, 9);
+        assert_eq!(settings.to_core(40).window, 9);
+        let err = parse("fair_reward = { betta = 1.0 }").expect_err("unknown field");
+        assert!(err.to_string().contains("unknown field `betta`"), "{err}");
+
+        let field = |f: FairRewardSettings, min_clients: usize| {
+            FederationConfig {
+                fair_reward: Some(f),
+                min_clients,
+                ..cfg.clone()
+            }
+            .validate()
+            .map_err(|e| e.field)
+        };
+        let d = FairRewardSettings::default();
+        type Edit = fn(&mut FairRewardSettings);
+        let with = |edit: Edit| {
+            let mut f = d;
+            edit(&mut f);
+            f
+        };
+        let bad: [(&str, Edit); 8] = [
+            ("fair_reward.beta", |f| f.beta = -1.0),
+            ("fair_reward.beta", |f| f.beta = f64::INFINITY),
+            ("fair_reward.ratio", |f| f.ratio = 1.5),
+            ("fair_reward.ratio", |f| f.ratio = f64::NAN),
+            ("fair_reward.significance", |f| f.significance = 0.0),
+            ("fair_reward.significance", |f| f.significance = 1.0),
+            ("fair_reward.window", |f| f.window = Some(3)),
+            ("fair_reward.window", |f| f.window = Some(usize::MAX)),
+        ];
+        for (name, edit) in bad {
+            let f = with(edit);
+            assert_eq!(field(f, 3), Err(name.to_string()), "{f:?}");
+        }
+        let edges: [Edit; 2] = [
+            |f| {
+                f.beta = 0.0;
+                f.ratio = 0.0;
+            },
+            |f| {
+                f.ratio = 1.0;
+                f.window = Some(4);
+            },
+        ];
+        for f in edges.map(with) {
+            assert_eq!(field(f, 3), Ok(()), "{f:?}");
+        }
+        assert_eq!(field(d, MAX_FAIR_REWARD_CLIENTS), Ok(()));
+        assert_eq!(
+            field(d, MAX_FAIR_REWARD_CLIENTS + 1),
+            Err("min_clients".to_string())
+        );
+        // One reward policy at a time; the message names both fields.
+        let both = FederationConfig {
+            reputation: Some(RfflSettings::with_gamma(0.5)),
+            ..cfg.clone()
+        };
+        let err = both.validate().expect_err("exclusive");
+        assert_eq!(err.field, "fair_reward");
+        assert!(
+            err.to_string().contains("`fair_reward`") && err.to_string().contains("`reputation`"),
+            "{err}"
+        );
+        assert_eq!(
+            both.reward_policy(),
+            Some("RFFL reputations"),
+            "named by the first set"
+        );
+        assert_eq!(
+            cfg.reward_policy(),
+            Some("fair yet asymptotically equal rewards")
+        );
     }
 
     #[test]

@@ -11,8 +11,11 @@
 //! `training.learning_rate`, `valuation.exact_max_players`, and `valuation.budget` of a
 //! sampling method) all mean "the default". A missing `aggregator` message or an empty
 //! `aggregator.kind` means FedAvg; parameters of another kind than the one named must be
-//! zero. A missing `reputation` message means RFFL is off; its unset optional fields take
-//! the paper's defaults. Every valid configuration survives config -> proto -> config unchanged.
+//! zero. A missing `reputation` message means RFFL is off, a missing `fair_reward` message
+//! means the fair reward policy is off; their unset optional fields take the paper's
+//! defaults (and an unset `fair_reward.window`/`seed` stays unset: window `2 n + 1`, the
+//! federation's seed). Every valid configuration survives config -> proto -> config
+//! unchanged.
 
 use bytes::Bytes;
 use fedval_core::aggregate::AggregatorSpec;
@@ -20,8 +23,8 @@ use fedval_core::model::ModelSpec;
 use fedval_proto::v1 as proto;
 
 use crate::config::{
-    ConfigError, DEFAULT_ROUND_TIMEOUT_MS, FederationConfig, RfflSettings, TrainingParams,
-    UtilityMetric, ValidationData, ValuationConfig, ValuationMethod,
+    ConfigError, DEFAULT_ROUND_TIMEOUT_MS, FairRewardSettings, FederationConfig, RfflSettings,
+    TrainingParams, UtilityMetric, ValidationData, ValuationConfig, ValuationMethod,
 };
 
 /// Narrows a count to the wire's `uint32`, saturating (validated configs always fit).
@@ -289,7 +292,36 @@ impl TryFrom<proto::FederationConfig> for FederationConfig {
             validation: p.validation.as_ref().map(TryInto::try_into).transpose()?,
             seed: p.seed,
             reputation: p.reputation.as_ref().map(Into::into),
+            fair_reward: p.fair_reward.as_ref().map(Into::into),
         })
+    }
+}
+
+impl From<&proto::FairReward> for FairRewardSettings {
+    /// Unset fields take the paper's defaults; a window beyond `usize` saturates
+    /// (validation rejects it).
+    fn from(p: &proto::FairReward) -> Self {
+        let d = FairRewardSettings::default();
+        FairRewardSettings {
+            beta: p.beta.unwrap_or(d.beta),
+            ratio: p.ratio.unwrap_or(d.ratio),
+            significance: p.significance.unwrap_or(d.significance),
+            window: p.window.map(|w| usize::try_from(w).unwrap_or(usize::MAX)),
+            seed: p.seed,
+        }
+    }
+}
+
+impl From<&FairRewardSettings> for proto::FairReward {
+    /// Every field set explicitly, except an unset window or seed.
+    fn from(f: &FairRewardSettings) -> Self {
+        proto::FairReward {
+            beta: Some(f.beta),
+            ratio: Some(f.ratio),
+            significance: Some(f.significance),
+            window: f.window.map(|w| w as u64),
+            seed: f.seed,
+        }
     }
 }
 
@@ -302,6 +334,7 @@ impl From<&proto::Reputation> for RfflSettings {
             alpha: p.alpha.unwrap_or(d.alpha),
             threshold_coefficient: p.threshold_coefficient.unwrap_or(d.threshold_coefficient),
             warm_up_rounds: p.warm_up_rounds.unwrap_or(d.warm_up_rounds),
+            keep_own_update: p.keep_own_update.unwrap_or(d.keep_own_update),
             ..d
         }
     }
@@ -315,6 +348,7 @@ impl From<&RfflSettings> for proto::Reputation {
             alpha: Some(r.alpha),
             threshold_coefficient: Some(r.threshold_coefficient),
             warm_up_rounds: Some(r.warm_up_rounds),
+            keep_own_update: Some(r.keep_own_update),
         }
     }
 }
@@ -336,6 +370,7 @@ impl From<&FederationConfig> for proto::FederationConfig {
             validation: c.validation.as_ref().map(Into::into),
             seed: c.seed,
             reputation: c.reputation.as_ref().map(Into::into),
+            fair_reward: c.fair_reward.as_ref().map(Into::into),
         }
     }
 }
@@ -402,7 +437,9 @@ mod tests {
                 alpha: 0.5,
                 threshold_coefficient: 0.125,
                 warm_up_rounds: 4,
+                keep_own_update: false,
             }),
+            fair_reward: None,
         }
     }
 
@@ -449,6 +486,50 @@ mod tests {
         assert_eq!(settings.alpha, 0.95);
         assert_eq!(settings.threshold_coefficient, 1.0 / 3.0);
         assert_eq!(settings.warm_up_rounds, 10);
+    }
+
+    #[test]
+    fn fair_reward_round_trips_and_unset_fields_take_defaults() {
+        let on = FederationConfig {
+            reputation: None,
+            fair_reward: Some(FairRewardSettings {
+                beta: 20.0,
+                ratio: 0.25,
+                significance: 0.7,
+                window: Some(9),
+                seed: Some(42),
+            }),
+            ..full()
+        };
+        let defaults = FederationConfig {
+            reputation: None,
+            fair_reward: Some(FairRewardSettings::default()),
+            ..full()
+        };
+        for cfg in [on, defaults] {
+            assert_eq!(cfg.validate(), Ok(()));
+            let wire = proto::FederationConfig::from(&cfg);
+            assert!(wire.fair_reward.is_some());
+            assert_eq!(FederationConfig::try_from(wire), Ok(cfg));
+        }
+        let settings = FairRewardSettings::from(&proto::FairReward::default());
+        assert_eq!(settings, FairRewardSettings::default());
+        assert_eq!(
+            (settings.beta, settings.ratio, settings.significance),
+            (150.0, 0.4, 0.9)
+        );
+        assert_eq!((settings.window, settings.seed), (None, None));
+        // Both policies on the wire: decoded, then refused by validation naming both.
+        let both = proto::FederationConfig {
+            fair_reward: Some(proto::FairReward::default()),
+            ..proto::FederationConfig::from(&full())
+        };
+        let err = FederationConfig::try_from(both)
+            .expect("decodes")
+            .validate()
+            .expect_err("exclusive");
+        assert_eq!(err.field, "fair_reward");
+        assert!(err.reason.contains("`reputation`"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
 
 use crate::auth;
-use crate::config::FederationConfig;
+use crate::config::{FederationConfig, MAX_FAIR_REWARD_CLIENTS};
 use crate::error::{ServiceError, ServiceResult};
 use crate::store::{
     ClientRecord, FederationRecord, FederationStatus, RoundRecord, Store, UpdateRecord,
@@ -66,6 +66,17 @@ impl GlobalModel {
             params: Arc::new(params),
             bytes,
             sha256,
+        }
+    }
+
+    /// The same parameters as model `version`, sharing the encoded bytes (a client that
+    /// keeps its own model across a round).
+    pub fn at_version(&self, version: u64) -> Self {
+        GlobalModel {
+            version,
+            params: self.params.clone(),
+            bytes: self.bytes.clone(),
+            sha256: self.sha256.clone(),
         }
     }
 }
@@ -174,7 +185,8 @@ pub(crate) struct FedState {
     pub clients: Vec<ClientRecord>,
     pub by_id: HashMap<String, usize>,
     pub model: Arc<GlobalModel>,
-    /// RFFL federations only: each client's own model, at the version of `model`.
+    /// Reward-policy federations only (RFFL, fair reward): each client's own model, at
+    /// the version of `model`.
     pub personal: HashMap<String, Arc<GlobalModel>>,
     pub round: Option<OpenRound>,
     /// The round loop's last failure while it retries; `None` when it is healthy.
@@ -196,8 +208,32 @@ impl FedState {
     }
 }
 
-/// Every client's own model after a restart (RFFL federations; empty otherwise): the
-/// stored model of the current version, or the initial model before the first commit.
+impl FedState {
+    /// Every client's own model of the new `version` after a round of a reward policy:
+    /// `updated` clients get theirs (already at `version`), every other client keeps its
+    /// current model (or `initial`, if it has none yet), re-versioned without a copy.
+    pub(crate) fn next_personal(
+        &self,
+        mut updated: BTreeMap<String, Arc<GlobalModel>>,
+        initial: &GlobalModel,
+        version: u64,
+    ) -> Vec<(String, Arc<GlobalModel>)> {
+        self.clients
+            .iter()
+            .map(|c| {
+                let own = updated.remove(&c.client_id).unwrap_or_else(|| {
+                    let current = self.personal.get(&c.client_id).map_or(initial, |m| m);
+                    Arc::new(current.at_version(version))
+                });
+                (c.client_id.clone(), own)
+            })
+            .collect()
+    }
+}
+
+/// Every client's own model after a restart (reward-policy federations, see
+/// [`FederationConfig::personal_models`]; empty otherwise): the stored model of the
+/// current version, or the initial model before the first commit.
 pub(crate) fn restore_personal(
     store: &Store,
     record: &FederationRecord,
@@ -205,7 +241,7 @@ pub(crate) fn restore_personal(
     model: &GlobalModel,
 ) -> ServiceResult<HashMap<String, Arc<GlobalModel>>> {
     let mut personal = HashMap::new();
-    if record.config.reputation.is_none() {
+    if !record.config.personal_models() {
         return Ok(personal);
     }
     let version = record.model_version;
@@ -272,6 +308,7 @@ impl Federation {
             committed_rounds: 0,
             model_version: 0,
             rffl: None,
+            fair_reward: None,
         };
         if store.get_federation(&config.id)?.is_some() {
             return Err(ServiceError::AlreadyExists(format!(
@@ -471,13 +508,26 @@ impl Federation {
                 self.config.id
             )));
         }
-        if self.config.reputation.is_some()
+        if let Some(policy) = self.config.reward_policy()
             && (st.round.is_some() || st.record.committed_rounds > 0)
         {
             return Err(ServiceError::FailedPrecondition(format!(
-                "federation `{}` uses RFFL reputations, whose state is sized by the clients of its first round; it takes no new clients once round 1 has opened",
+                "federation `{}` uses {policy}, whose state is sized by the clients of its first round; it takes no new clients once round 1 has opened",
                 self.config.id
             )));
+        }
+        if let Some(f) = &self.config.fair_reward {
+            // The stationarity test needs more rounds in its window than clients.
+            let most = f.window.map_or(MAX_FAIR_REWARD_CLIENTS, |w| {
+                w.saturating_sub(1).min(MAX_FAIR_REWARD_CLIENTS)
+            });
+            if st.clients.len() >= most {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "federation `{}` uses fair yet asymptotically equal rewards and takes at most {most} clients (fair_reward.window must exceed the number of clients; at most {MAX_FAIR_REWARD_CLIENTS} in any case); it has {}",
+                    self.config.id,
+                    st.clients.len()
+                )));
+            }
         }
         let seq = st.clients.len() as u64;
         let client_id = format!("client-{seq:04}");
@@ -494,7 +544,7 @@ impl Federation {
         let index = st.clients.len();
         st.by_id.insert(client_id.clone(), index);
         st.clients.push(rec);
-        if self.config.reputation.is_some() {
+        if self.config.personal_models() {
             let initial = st.model.clone();
             st.personal.insert(client_id.clone(), initial);
         }
@@ -587,14 +637,15 @@ impl Federation {
         }
     }
 
-    /// The model `client_id` trains from at `version`: its own model in an RFFL
-    /// federation, the global model otherwise.
+    /// The model `client_id` trains from at `version`: its own model under a reward
+    /// policy (RFFL, fair reward), the global model otherwise. Under fair reward a client
+    /// is thus never served a model newer than the one the policy gave it.
     pub async fn model_for(
         &self,
         client_id: &str,
         version: u64,
     ) -> ServiceResult<Arc<GlobalModel>> {
-        if self.config.reputation.is_none() {
+        if !self.config.personal_models() {
             return self.model(version).await;
         }
         let current = {
@@ -750,6 +801,10 @@ impl Federation {
         let mut st = self.state.lock().await;
         round_admits(&st, client_id, &claim)?;
         check_applicable(st.personal.get(client_id).unwrap_or(&st.model), &delta)?;
+        if self.config.fair_reward.is_some() {
+            // Trained from its own model, the update is still added to the global model.
+            check_applicable(&st.model, &delta)?;
+        }
         let record = UpdateRecord {
             client_id: client_id.to_string(),
             round: claim.round,
@@ -1091,6 +1146,61 @@ pub(crate) mod tests {
         let err = fed.enroll("s", "bob", 10).await.expect_err("refused");
         assert!(
             matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("takes no new clients once round 1 has opened")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fair_reward_caps_enrollment_and_checks_updates_against_both_models() {
+        let mut cfg = config(3);
+        cfg.fair_reward = Some(crate::config::FairRewardSettings {
+            window: Some(3),
+            ..Default::default()
+        });
+        let fed = Federation::create(cfg, Store::memory()).expect("created");
+        let (alice, _) = fed.enroll("s", "alice", 10).await.expect("enrolled");
+        fed.enroll("s", "bob", 10).await.expect("enrolled");
+        // A window of 3 rounds takes at most 2 clients.
+        let err = fed.enroll("s", "carol", 10).await.expect_err("window");
+        assert!(
+            matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("takes at most 2 clients")),
+            "{err}"
+        );
+        let own = fed.model_for(&alice, 0).await.expect("own model");
+        assert_eq!(own.params, fed.model(0).await.expect("global").params);
+
+        let mut cfg = config(3);
+        cfg.fair_reward = Some(crate::config::FairRewardSettings::default());
+        let open = Federation::create(cfg, Store::memory()).expect("created");
+        let (alice, _) = open.enroll("s", "alice", 10).await.expect("enrolled");
+        open.state.lock().await.round = Some(OpenRound {
+            number: 1,
+            selected: BTreeSet::from([alice.clone()]),
+            received: BTreeMap::new(),
+            deadline: Instant::now() + Duration::from_secs(600),
+            deadline_wall_ms: now_ms() + 600_000,
+            closed: false,
+        });
+        let err = open.enroll("s", "late", 10).await.expect_err("refused");
+        assert!(
+            matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("uses fair yet asymptotically equal rewards") && m.contains("takes no new clients once round 1 has opened")),
+            "{err}"
+        );
+        // An update that fits the client's own model but overflows the global one (to
+        // which it is added) is refused.
+        {
+            let mut st = open.state.lock().await;
+            st.model = Arc::new(GlobalModel::new(0, vec![f32::MAX; 9]));
+            st.personal
+                .insert(alice.clone(), Arc::new(GlobalModel::new(0, vec![0.0; 9])));
+        }
+        let delta = vec![f32::MAX; 9];
+        let err = open
+            .accept_update(&alice, claim(1, &delta), delta)
+            .await
+            .expect_err("overflows the global model");
+        assert!(
+            matches!(&err, ServiceError::InvalidArgument(m) if m.contains("overflows")),
             "{err}"
         );
     }

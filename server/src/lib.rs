@@ -15,7 +15,10 @@
 //! - [`store`]: durable state behind one `Store` (redb default, sled optional, memory).
 //! - [`federation`]: one federation's state and the operations handlers call.
 //! - `round_loop`: the horizontal round state machine.
-//! - [`round_close`]: aggregation and validation metrics of a closed round.
+//! - [`round_close`]: aggregation and validation metrics of a closed round (and the RFFL
+//!   round).
+//! - [`fair_reward`]: the fair yet asymptotically equal reward policy's round: who
+//!   receives the newest global model.
 //! - [`round_value`]: valuation of a committed round (the estimator the config picks).
 //! - `valuation_worker`: values committed rounds behind the round loop.
 //! - [`registry`]: the federations of a server and their loops.
@@ -31,6 +34,7 @@ pub mod config;
 pub mod convert;
 pub mod coordinator;
 pub mod error;
+pub mod fair_reward;
 pub mod federation;
 pub mod registry;
 pub mod round_close;

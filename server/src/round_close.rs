@@ -11,7 +11,9 @@
 //! An RFFL federation (`reputation` set) is closed by [`close_rffl_round`] instead: the
 //! configured aggregator is not used. Each update is clipped to `gamma` by the server, the
 //! reputations are updated ([`RfflState::step`]), each participant's own model becomes
-//! `own + its clipped update + the aggregate sparsified by its reward fraction q`, and the
+//! `own + its clipped update + the aggregate sparsified by its reward fraction q` (or
+//! `own + the sparsified aggregate` with `keep_own_update = false`, the reference code's
+//! rule), and the
 //! global model (scored on the validation set, the base of the valuation) becomes
 //! `previous global + aggregate`.
 //!
@@ -205,6 +207,7 @@ pub fn close_rffl_round(
         .step(&settings.to_core(), &views, &participating)
         .map_err(internal)?;
     let layers = config.model.layers();
+    let keep_own = settings.keep_own_update;
     let mut personal = Vec::with_capacity(updates.len());
     for (i, (client_id, own)) in inputs.clients.iter().enumerate() {
         let (Some(true), Some(d)) = (participating.get(i).copied(), slots.get(i)) else {
@@ -220,7 +223,7 @@ pub fn close_rffl_round(
             .iter()
             .zip(d)
             .zip(&reward)
-            .map(|((w, x), r)| w + x + r)
+            .map(|((w, x), r)| if keep_own { w + x + r } else { w + r })
             .collect();
         if let Some(index) = params.iter().position(|p| !p.is_finite()) {
             return Err(ServiceError::Internal(format!(
@@ -427,5 +430,35 @@ pub(crate) mod tests {
         assert_eq!(closed.state.round, 1);
         // Far below gamma = 100: nothing is clipped.
         assert_eq!(closed.clipped[1].delta.as_slice(), &[3.0; 9]);
+    }
+
+    #[test]
+    fn rffl_without_own_update_gives_the_reward_alone() {
+        let settings = RfflSettings {
+            keep_own_update: false,
+            ..RfflSettings::with_gamma(100.0)
+        };
+        let cfg = FederationConfig {
+            reputation: Some(settings),
+            ..config(1)
+        };
+        let own = Arc::new(vec![10.0f32; 9]);
+        let inputs = RfflInputs {
+            clients: vec![("a".into(), own.clone()), ("b".into(), own.clone())],
+            state: None,
+            data_sizes: vec![1, 1],
+        };
+        let zero = vec![0.0f32; 9];
+        let updates = [update("a", vec![1.0; 9]), update("b", vec![3.0; 9])];
+        let closed =
+            close_rffl_round(&cfg, &settings, None, &zero, inputs, &updates, 1).expect("closes");
+        // u = 2 and q = 1 for both: each model is its state before training plus u.
+        assert_eq!(
+            closed.personal,
+            vec![
+                ("a".to_string(), vec![12.0; 9]),
+                ("b".to_string(), vec![12.0; 9])
+            ]
+        );
     }
 }

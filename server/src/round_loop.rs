@@ -21,18 +21,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedval_core::reputation::{FairRewardState, RfflState};
 use tokio::sync::{MutexGuard, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::config::{FairRewardSettings, FederationConfig, RfflSettings};
 use crate::error::{ServiceError, ServiceResult};
+use crate::fair_reward::{FairRewardInputs, close_fair_reward_round};
 use crate::federation::{
     AcceptedUpdate, Event, FedState, Federation, GlobalModel, OpenRound, ValuationJob, now_ms,
     restore_personal,
 };
 use crate::round_close::{RfflInputs, close_rffl_round, close_round};
 use crate::round_value::values_rounds;
-use crate::store::{FederationStatus, RoundRecord, StoreError, ValuationStatus};
+use crate::store::{
+    ClientReputation, FairRewardRound, FederationStatus, RoundRecord, StoreError, ValuationStatus,
+};
 
 /// First delay before a failed step is retried; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -251,27 +256,16 @@ async fn collect(
 
 /// Closes the open round, aggregates and values it, and commits it atomically.
 async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
-    let (number, selected, updates, model, rffl) = {
+    let (number, selected, updates, model, policy) = {
         let mut st = fed.state.lock().await;
         let model = st.model.clone();
-        let rffl = fed.config().reputation.map(|_| RfflInputs {
-            clients: st
-                .clients
-                .iter()
-                .map(|c| {
-                    let own = st.personal.get(&c.client_id).unwrap_or(&model);
-                    (c.client_id.clone(), own.params.clone())
-                })
-                .collect(),
-            state: st.record.rffl.clone(),
-            data_sizes: st.clients.iter().map(|c| c.num_samples).collect(),
-        });
+        let policy = PolicyInputs::gather(fed.config(), &st, &model);
         let Some(r) = st.round.as_mut() else {
             return Ok(());
         };
         r.closed = true;
         let updates: Vec<AcceptedUpdate> = r.received.values().cloned().collect();
-        (r.number, r.selected.clone(), updates, model, rffl)
+        (r.number, r.selected.clone(), updates, model, policy)
     };
     fed.notify();
     if updates.is_empty() {
@@ -286,28 +280,52 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     let closed = tokio::task::spawn_blocking(move || {
         let config = fed2.config();
         let validation = fed2.validation().map(|v| v.as_ref());
-        match (config.reputation.as_ref(), rffl) {
-            (Some(settings), Some(inputs)) => close_rffl_round(
-                config, settings, validation, &global, inputs, &updates2, number,
+        match policy {
+            PolicyInputs::Plain => {
+                close_round(config, validation, &global, &updates2, number).map(Closed::Plain)
+            }
+            PolicyInputs::Rffl(settings, inputs) => close_rffl_round(
+                config, &settings, validation, &global, inputs, &updates2, number,
             )
             .map(Closed::Rffl),
-            _ => close_round(config, validation, &global, &updates2, number).map(Closed::Plain),
+            PolicyInputs::Fair(settings, inputs) => close_fair_reward_round(
+                config, &settings, validation, &global, inputs, &updates2, number,
+            )
+            .map(Closed::Fair),
         }
     })
     .await
     .map_err(|e| ServiceError::Internal(format!("round {number} closing task failed: {e}")))??;
-    let (outcome, rffl) = match closed {
-        Closed::Plain(outcome) => (outcome, None),
+    let new_version = model.version + 1;
+    let (outcome, mut policy) = match closed {
+        Closed::Plain(outcome) => (outcome, PolicyResult::default()),
         Closed::Rffl(c) => (
             c.aggregated,
-            Some((c.personal, c.state, c.reputations, c.threshold, c.clipped)),
+            PolicyResult {
+                updated: c
+                    .personal
+                    .into_iter()
+                    .map(|(id, p)| (id, Arc::new(GlobalModel::new(new_version, p))))
+                    .collect(),
+                rffl: Some(c.state),
+                reputations: c.reputations,
+                threshold: c.threshold,
+                // The valuation values what the round aggregated: the clipped updates.
+                valued_updates: Some(c.clipped),
+                ..PolicyResult::default()
+            },
+        ),
+        Closed::Fair(c) => (
+            c.aggregated,
+            PolicyResult {
+                recipients: c.outcome.recipients,
+                fair: Some(c.outcome.state),
+                fair_round: Some(c.outcome.record),
+                ..PolicyResult::default()
+            },
         ),
     };
-    // The valuation values what the round aggregated: the clipped updates under RFFL.
-    let updates = match &rffl {
-        Some((.., clipped)) => clipped.clone(),
-        None => updates,
-    };
+    let updates = policy.valued_updates.take().unwrap_or(updates);
 
     let participants: Vec<String> = updates.iter().map(|u| u.record.client_id.clone()).collect();
     let stragglers: Vec<String> = selected
@@ -319,7 +337,7 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     // The valuation runs after the commit (valuation_worker) and completes this record.
     let record = RoundRecord {
         round: number,
-        model_version: model.version + 1,
+        model_version: new_version,
         participants,
         stragglers,
         metrics: outcome.metrics,
@@ -335,38 +353,25 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
             ValuationStatus::Skipped
         },
         valuation_stop: String::new(),
-        reputations: rffl
-            .as_ref()
-            .map(|(_, _, reps, ..)| reps.clone())
-            .unwrap_or_default(),
-        reputation_threshold: rffl.as_ref().and_then(|(_, _, _, t, _)| *t),
+        reputations: std::mem::take(&mut policy.reputations),
+        reputation_threshold: policy.threshold,
+        fair_reward: policy.fair_round.take(),
     };
-    let new_model = GlobalModel::new(model.version + 1, outcome.params);
+    let new_model = Arc::new(GlobalModel::new(new_version, outcome.params));
+    // Fair reward: the recipients' own model becomes the new global model.
+    for client_id in std::mem::take(&mut policy.recipients) {
+        policy.updated.insert(client_id, new_model.clone());
+    }
     let mut st = fed.state.lock().await;
     let mut fed_rec = st.record.clone();
     fed_rec.committed_rounds = number;
-    fed_rec.model_version = new_model.version;
-    // Every client's own model moves to the new version: participants get their new
-    // one, the others keep theirs (stored again under the new version).
-    let personal: Vec<(String, Arc<Vec<f32>>)> = match rffl {
-        Some((updated, state, ..)) => {
-            fed_rec.rffl = Some(state);
-            let mut updated: BTreeMap<String, Vec<f32>> = updated.into_iter().collect();
-            st.clients
-                .iter()
-                .map(|c| {
-                    let own = match updated.remove(&c.client_id) {
-                        Some(p) => Arc::new(p),
-                        None => st
-                            .personal
-                            .get(&c.client_id)
-                            .map_or_else(|| model.params.clone(), |m| m.params.clone()),
-                    };
-                    (c.client_id.clone(), own)
-                })
-                .collect()
-        }
-        None => Vec::new(),
+    fed_rec.model_version = new_version;
+    let personal = if fed.config().personal_models() {
+        fed_rec.rffl = policy.rffl;
+        fed_rec.fair_reward = policy.fair;
+        st.next_personal(policy.updated, &model, new_version)
+    } else {
+        Vec::new()
     };
     let store = fed.store().clone();
     let (id, rec2, params, fed_rec2, personal2) = (
@@ -379,7 +384,7 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     let committed = tokio::task::spawn_blocking(move || {
         let views: Vec<(String, &[f32])> = personal2
             .iter()
-            .map(|(c, p)| (c.clone(), p.as_slice()))
+            .map(|(c, m)| (c.clone(), m.params.as_slice()))
             .collect();
         store.commit_round(&id, &rec2, &params, &views, &fed_rec2)
     })
@@ -391,11 +396,8 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
         Err(e) => return Err(e.into()),
     }
     st.record = fed_rec;
-    for (client_id, params) in personal {
-        let own = GlobalModel::new(new_model.version, Arc::unwrap_or_clone(params));
-        st.personal.insert(client_id, Arc::new(own));
-    }
-    st.model = Arc::new(new_model);
+    st.personal.extend(personal);
+    st.model = new_model;
     st.round = None;
     if valued {
         let job = ValuationJob {
@@ -412,10 +414,75 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     Ok(())
 }
 
-/// What closing a round produced, by federation kind.
+/// What closing a round needs from the federation, by reward policy.
+enum PolicyInputs {
+    /// No reward policy: every client gets the global model.
+    Plain,
+    /// RFFL reputations.
+    Rffl(RfflSettings, RfflInputs),
+    /// Fair yet asymptotically equal rewards.
+    Fair(FairRewardSettings, FairRewardInputs),
+}
+
+impl PolicyInputs {
+    /// The inputs of the open round's policy, taken under the state lock.
+    fn gather(config: &FederationConfig, st: &FedState, model: &Arc<GlobalModel>) -> Self {
+        if let Some(settings) = config.reputation {
+            return PolicyInputs::Rffl(
+                settings,
+                RfflInputs {
+                    clients: st
+                        .clients
+                        .iter()
+                        .map(|c| {
+                            let own = st.personal.get(&c.client_id).unwrap_or(model);
+                            (c.client_id.clone(), own.params.clone())
+                        })
+                        .collect(),
+                    state: st.record.rffl.clone(),
+                    data_sizes: st.clients.iter().map(|c| c.num_samples).collect(),
+                },
+            );
+        }
+        if let Some(settings) = config.fair_reward {
+            return PolicyInputs::Fair(
+                settings,
+                FairRewardInputs {
+                    clients: st.clients.iter().map(|c| c.client_id.clone()).collect(),
+                    state: st.record.fair_reward.clone(),
+                },
+            );
+        }
+        PolicyInputs::Plain
+    }
+}
+
+/// What closing a round produced, by reward policy.
 enum Closed {
     Plain(crate::round_close::Aggregated),
     Rffl(crate::round_close::RfflClosed),
+    Fair(crate::fair_reward::FairRewardClosed),
+}
+
+/// What a reward policy adds to a closed round (all empty without one).
+#[derive(Default)]
+struct PolicyResult {
+    /// New own models (at the new version) by client; the others keep theirs.
+    updated: BTreeMap<String, Arc<GlobalModel>>,
+    /// Fair reward: clients whose own model becomes the new global model.
+    recipients: Vec<String>,
+    /// RFFL state after the round.
+    rffl: Option<RfflState>,
+    /// Fair-reward state after the round.
+    fair: Option<FairRewardState>,
+    /// RFFL reputations after the round.
+    reputations: Vec<ClientReputation>,
+    /// RFFL removal threshold of the round.
+    threshold: Option<f64>,
+    /// Fair reward: what the round record keeps.
+    fair_round: Option<FairRewardRound>,
+    /// The updates to value instead of the uploaded ones (RFFL: clipped).
+    valued_updates: Option<Vec<AcceptedUpdate>>,
 }
 
 /// Round `number` is already in the store (an earlier attempt's commit reached the disk
@@ -450,6 +517,7 @@ fn adopt_committed(
     fed_rec.model_version = record.model_version;
     if let Some(stored) = store.get_federation(fed.id())? {
         fed_rec.rffl = stored.rffl;
+        fed_rec.fair_reward = stored.fair_reward;
     }
     let model = GlobalModel::new(record.model_version, params);
     let personal = restore_personal(store, &fed_rec, &st.clients, &model)?;
@@ -752,5 +820,182 @@ mod tests {
                 .expect("restored own model");
             assert_eq!(&m.params.to_vec(), params);
         }
+    }
+
+    /// Client `k`'s update in round `round` of the fair-reward tests: its own direction
+    /// (the third client partly opposes the others) plus seeded noise.
+    fn fair_delta(k: usize, round: u64) -> Vec<f32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(k as u64 * 1000 + round);
+        let base = [1.0f32, 0.6, -0.4].get(k).copied().unwrap_or(0.0);
+        (0..9)
+            .map(|j| base * (1.0 + (j % 3) as f32 * 0.1) + rng.random_range(-0.3f32..0.3))
+            .collect()
+    }
+
+    /// Runs `rounds` of `fed` with every client of `ids` uploading [`fair_delta`], then
+    /// stops the loop; returns the committed records.
+    async fn fair_rounds(
+        fed: &Arc<Federation>,
+        ids: &[String],
+        rounds: std::ops::RangeInclusive<u64>,
+    ) -> Vec<RoundRecord> {
+        let mut events = fed.subscribe_events();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(run(fed.clone(), stop_rx));
+        let mut records = Vec::new();
+        for round in rounds {
+            for (k, id) in ids.iter().enumerate() {
+                until(fed, || async {
+                    matches!(fed.next_task(id).await, NextTask::Train { round: r, .. } if r == round)
+                })
+                .await;
+                let delta = fair_delta(k, round);
+                let mut c = claim(round, &delta);
+                c.model_version = round - 1;
+                fed.accept_update(id, c, delta).await.expect("accepted");
+            }
+            records.push(committed_event(&mut events).await);
+        }
+        let _ = stop_tx.send(true);
+        handle.await.expect("loop ends");
+        records
+    }
+
+    /// A three-client fair-reward federation of `rounds` rounds with a 4-round window,
+    /// `ratio` 0.7 (2 recipients of 3) and significance 0.7, over `store`, all clients
+    /// enrolled.
+    async fn fair_federation(store: Store, rounds: u64) -> (Arc<Federation>, Vec<String>) {
+        let mut cfg = config(rounds);
+        cfg.min_clients = 3;
+        cfg.fair_reward = Some(crate::config::FairRewardSettings {
+            window: Some(4),
+            ratio: 0.7,
+            significance: 0.7,
+            seed: Some(9),
+            ..Default::default()
+        });
+        let fed = Federation::create(cfg, store).expect("created");
+        let mut ids = Vec::new();
+        for name in ["a", "b", "c"] {
+            ids.push(fed.enroll("s", name, 10).await.expect("enrolled").0);
+        }
+        (fed, ids)
+    }
+
+    /// Exploration until the stationarity test passes (every participant receives the
+    /// new global model), then exploitation (exactly 2 of 3 receive it, the others keep
+    /// their model); every round's decision is recorded, and a run restarted after the
+    /// first exploitation round continues exactly like an uninterrupted one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fair_reward_explores_then_rewards_and_survives_a_restart() {
+        const ROUNDS: u64 = 13;
+        let (fed, ids) = fair_federation(Store::memory(), ROUNDS).await;
+        let reference = fair_rounds(&fed, &ids, 1..=ROUNDS).await;
+        let fair: Vec<&crate::store::FairRewardRound> = reference
+            .iter()
+            .map(|r| r.fair_reward.as_ref().expect("recorded every round"))
+            .collect();
+        // Seeded, so exact: the test (window 4) first runs after round 5 and passes
+        // (p > 0.7) after round 8; round 9 is the first exploitation round.
+        let first_exploiting = reference
+            .iter()
+            .zip(&fair)
+            .find(|(_, f)| !f.exploring)
+            .map(|(r, _)| r.round)
+            .expect("exploitation reached");
+        assert_eq!(first_exploiting, 9);
+        for (r, f) in reference.iter().zip(&fair) {
+            assert_eq!(f.clients.len(), 3);
+            assert_eq!(f.exploring, r.round < first_exploiting, "round {}", r.round);
+            let ran = (5..first_exploiting).contains(&r.round);
+            assert_eq!(f.p_value.is_some(), ran, "round {}", r.round);
+            if let Some(p) = f.p_value {
+                assert_eq!(
+                    p > 0.7,
+                    r.round == first_exploiting - 1,
+                    "round {}: {p}",
+                    r.round
+                );
+            }
+            let received = f.clients.iter().filter(|c| c.received_model).count();
+            if f.exploring {
+                assert_eq!(received, 3, "round {}", r.round);
+                assert!(f.clients.iter().all(|c| c.probability.is_none()));
+            } else {
+                // floor(0.7 * 3) = 2; psi is frozen; the probabilities sum to 1.
+                assert_eq!(received, 2, "round {}", r.round);
+                let total: f64 = f.clients.iter().filter_map(|c| c.probability).sum();
+                assert!((total - 1.0).abs() < 1e-9, "round {}: {total}", r.round);
+                let last_explored = fair[first_exploiting as usize - 2];
+                let psi = |f: &crate::store::FairRewardRound| {
+                    f.clients.iter().map(|c| c.psi).collect::<Vec<_>>()
+                };
+                assert_eq!(psi(f), psi(last_explored));
+            }
+        }
+        // The opposing client has the lowest psi and, with beta = 150, is never drawn.
+        let last = fair.last().expect("rounds");
+        assert!(last.clients[2].psi < 0.0 && last.clients[0].psi > 0.0);
+        assert!(
+            fair[first_exploiting as usize - 1..]
+                .iter()
+                .all(|f| !f.clients[2].received_model)
+        );
+        // Own models follow the records: a recipient's is the new global model, everyone
+        // else keeps the one it had.
+        for (r, f) in reference.iter().zip(&fair) {
+            let v = r.model_version;
+            let global = fed.model(v).await.expect("global").params.clone();
+            for (id, c) in ids.iter().zip(&f.clients) {
+                assert_eq!(&c.client_id, id);
+                let own = fed.model_for(id, v).await.expect("own").params.clone();
+                let before = fed
+                    .model_for(id, v - 1)
+                    .await
+                    .expect("before")
+                    .params
+                    .clone();
+                if c.received_model {
+                    assert_eq!(own, global, "round {v}, {id}");
+                } else {
+                    assert_eq!(own, before, "round {v}, {id}");
+                    assert_ne!(own, global, "round {v}, {id}");
+                }
+            }
+        }
+
+        // The same run, restarted after the first exploitation round.
+        let store = Store::memory();
+        let (first, ids2) = fair_federation(store.clone(), ROUNDS).await;
+        assert_eq!(ids2, ids);
+        let mut restarted = fair_rounds(&first, &ids, 1..=first_exploiting).await;
+        let state_before = first.state.lock().await.record.fair_reward.clone();
+        assert!(state_before.as_ref().is_some_and(|s| !s.is_exploring()));
+        let stored = store.get_federation("unit").expect("read").expect("exists");
+        let second = Federation::restore(stored, store).expect("restored");
+        assert_eq!(second.state.lock().await.record.fair_reward, state_before);
+        for id in &ids {
+            let a = first.model_for(id, first_exploiting).await.expect("own");
+            let b = second.model_for(id, first_exploiting).await.expect("own");
+            assert_eq!(a.params, b.params, "{id}");
+        }
+        restarted.extend(fair_rounds(&second, &ids, first_exploiting + 1..=ROUNDS).await);
+        let decisions = |records: &[RoundRecord]| -> Vec<_> {
+            records
+                .iter()
+                .map(|r| (r.round, r.participants.clone(), r.fair_reward.clone()))
+                .collect()
+        };
+        assert_eq!(decisions(&restarted), decisions(&reference));
+        for id in &ids {
+            let a = fed.model_for(id, ROUNDS).await.expect("reference");
+            let b = second.model_for(id, ROUNDS).await.expect("restarted");
+            assert_eq!(a.params, b.params, "{id}");
+        }
+        assert_eq!(
+            second.state.lock().await.record.fair_reward,
+            fed.state.lock().await.record.fair_reward
+        );
     }
 }

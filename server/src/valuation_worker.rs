@@ -254,6 +254,7 @@ mod tests {
             valuation_stop: String::new(),
             reputations: Vec::new(),
             reputation_threshold: None,
+            fair_reward: None,
         };
         store
             .commit_round("unit", &record, &[0.0; 9], &[], &fed_rec)

@@ -5,6 +5,8 @@
 //! - [`scenario`]: [`SimConfig`], the clients' behaviours, partitions and models.
 //! - [`setup`]: turns a config into a test set, a validation set and client data.
 //! - [`adversary`]: the attacks that alter uploads, as a [`fedval_client::Trainer`] wrapper.
+//! - [`defense`]: the aggregator or RFFL setting a federation defends itself with.
+//! - [`attack_table`]: every shipped attack scenario against every defence, over seeds.
 //! - [`metrics`]: standalone accuracy, fairness, honest accuracy, attack success.
 //! - [`runner`]: starts the server, creates the federation, runs the clients.
 //! - [`report`]: the final table and the files: JSON, CSV and `report.html`.
@@ -13,6 +15,8 @@
 //!   the same federation as separate processes.
 
 pub mod adversary;
+pub mod attack_table;
+pub mod defense;
 pub mod export;
 pub mod metrics;
 pub mod plot;

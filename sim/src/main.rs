@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use fedval_core::aggregate::AggregatorSpec;
+use fedval_sim::defense::Defense;
 use fedval_sim::scenario::{ModelChoice, Partition};
 use fedval_sim::{SimConfig, SimOptions};
 
@@ -60,6 +60,9 @@ struct Args {
     /// Split the data IID instead of with label skew.
     #[arg(long)]
     iid: bool,
+    /// Split the labels IID but the client sizes by Dir(ALPHA) (size skew).
+    #[arg(long, value_name = "ALPHA")]
+    quantity_skew: Option<f64>,
     /// Train an MLP with this many hidden units instead of logistic regression.
     #[arg(long)]
     mlp: Option<usize>,
@@ -79,15 +82,40 @@ struct Args {
     #[arg(long)]
     epochs: Option<u32>,
     /// Aggregator: fedavg, median, trimmed_mean:TRIM, krum:BYZANTINE,
-    /// multi_krum:BYZANTINE:SELECTED or norm_clip:MAX_NORM.
-    #[arg(long, value_parser = parse_aggregator)]
-    aggregator: Option<AggregatorSpec>,
+    /// multi_krum:BYZANTINE:SELECTED, norm_clip:MAX_NORM, or RFFL reputations:
+    /// rffl:GAMMA (ALGORITHMS.md 4) or rffl_reference:GAMMA (reward-only client models).
+    #[arg(long, value_parser = Defense::parse)]
+    aggregator: Option<Defense>,
     /// Master seed.
     #[arg(long)]
     seed: Option<u64>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Run the attack table instead of one simulation: every scenario of
+    /// --table-scenarios against every aggregator of --table-aggregators, over --seeds;
+    /// writes attack-table.md and attack-table.csv into --out. The flags above (except
+    /// --scenario, --aggregator and --seed) override every scenario.
+    #[arg(long)]
+    attack_table: bool,
+    /// Shipped scenarios (sim/scenarios/NAME.toml, compiled in) the attack table runs.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,free_riders,label_flip,sign_flip,scaled_noise,sybil"
+    )]
+    table_scenarios: Vec<String>,
+    /// Aggregators (same syntax as --aggregator) the attack table compares.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = Defense::parse,
+        default_value = "fedavg,median,trimmed_mean:2,krum:2,multi_krum:2:6,rffl:0.5,rffl_reference:0.5,fair_reward:150:0.4:11:0.3"
+    )]
+    table_aggregators: Vec<Defense>,
+    /// Seeds of the attack table (each cell averages over them).
+    #[arg(long, value_delimiter = ',', default_value = "42")]
+    seeds: Vec<u64>,
 }
 
 fn config(args: &Args) -> anyhow::Result<SimConfig> {
@@ -104,6 +132,18 @@ fn config(args: &Args) -> anyhow::Result<SimConfig> {
         }
         None => SimConfig::default(),
     };
+    override_config(args, &mut c);
+    if let Some(v) = &args.aggregator {
+        v.apply(&mut c);
+    }
+    if let Some(v) = args.seed {
+        c.seed = v;
+    }
+    Ok(c)
+}
+
+/// Applies the flags that describe the federation (not the scenario, aggregator or seed).
+fn override_config(args: &Args, c: &mut SimConfig) {
     if let Some(v) = &args.dataset {
         c.dataset = v.clone();
     }
@@ -125,6 +165,9 @@ fn config(args: &Args) -> anyhow::Result<SimConfig> {
     if args.iid {
         c.partition = Partition::Iid;
     }
+    if let Some(alpha) = args.quantity_skew {
+        c.partition = Partition::Quantity { alpha };
+    }
     if let Some(hidden) = args.mlp {
         c.model = ModelChoice::Mlp { hidden };
     }
@@ -143,50 +186,6 @@ fn config(args: &Args) -> anyhow::Result<SimConfig> {
     if let Some(v) = args.epochs {
         c.local_epochs = v;
     }
-    if let Some(v) = &args.aggregator {
-        c.aggregator = *v;
-    }
-    if let Some(v) = args.seed {
-        c.seed = v;
-    }
-    Ok(c)
-}
-
-/// `kind[:param[:param]]`, e.g. `krum:2` or `multi_krum:2:6`; validated by the server.
-fn parse_aggregator(text: &str) -> Result<AggregatorSpec, String> {
-    let mut parts = text.split(':');
-    let kind = parts.next().unwrap_or_default();
-    let params: Vec<&str> = parts.collect();
-    let int = |i: usize| -> Result<usize, String> {
-        params
-            .get(i)
-            .ok_or_else(|| format!("{kind} needs {} parameter(s), e.g. krum:2", i + 1))?
-            .parse()
-            .map_err(|e| format!("{kind}: bad parameter {:?}: {e}", params[i]))
-    };
-    let spec = match kind {
-        "fedavg" => AggregatorSpec::FedAvg,
-        "median" => AggregatorSpec::Median,
-        "trimmed_mean" => AggregatorSpec::TrimmedMean { trim: int(0)? },
-        "krum" => AggregatorSpec::Krum { byzantine: int(0)? },
-        "multi_krum" => AggregatorSpec::MultiKrum {
-            byzantine: int(0)?,
-            selected: int(1)?,
-        },
-        "norm_clip" => AggregatorSpec::NormClip {
-            max_norm: params
-                .first()
-                .ok_or("norm_clip needs a bound, e.g. norm_clip:1.0")?
-                .parse()
-                .map_err(|e| format!("norm_clip: bad bound: {e}"))?,
-        },
-        other => {
-            return Err(format!(
-                "unknown aggregator {other:?}: use fedavg, median, trimmed_mean:K, krum:F, multi_krum:F:M or norm_clip:C"
-            ));
-        }
-    };
-    Ok(spec)
 }
 
 #[tokio::main]
@@ -207,6 +206,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.attack_table {
+        return attack_table(&args).await;
+    }
     let config = config(&args)?;
     if let Some(dir) = &args.export_csv {
         let written = fedval_sim::export::export(&config, dir)
@@ -243,37 +245,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn aggregator_flags_parse() {
-        assert_eq!(parse_aggregator("median"), Ok(AggregatorSpec::Median));
-        assert_eq!(
-            parse_aggregator("krum:2"),
-            Ok(AggregatorSpec::Krum { byzantine: 2 })
-        );
-        assert_eq!(
-            parse_aggregator("multi_krum:2:6"),
-            Ok(AggregatorSpec::MultiKrum {
-                byzantine: 2,
-                selected: 6
-            })
-        );
-        assert_eq!(
-            parse_aggregator("norm_clip:0.5"),
-            Ok(AggregatorSpec::NormClip { max_norm: 0.5 })
-        );
-        assert!(
-            parse_aggregator("krum")
-                .unwrap_err()
-                .contains("needs 1 parameter")
-        );
-        assert!(
-            parse_aggregator("mean")
-                .unwrap_err()
-                .contains("unknown aggregator")
-        );
+/// `--attack-table`: runs the table, prints it and writes it into `--out`.
+async fn attack_table(args: &Args) -> anyhow::Result<()> {
+    let mut scenarios = Vec::with_capacity(args.table_scenarios.len());
+    for name in &args.table_scenarios {
+        let mut c = fedval_sim::scenario::shipped(name).map_err(anyhow::Error::msg)?;
+        override_config(args, &mut c);
+        scenarios.push((name.clone(), c));
     }
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} runs, eta {eta} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let table = fedval_sim::attack_table::run_table(
+        &scenarios,
+        &args.table_aggregators,
+        &args.seeds,
+        &args.admin_token,
+        |done, total, what| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(what.to_string());
+        },
+    )
+    .await
+    .context("attack table")?;
+    bar.finish_and_clear();
+    let markdown = table.markdown();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for (name, text) in [
+        ("attack-table.md", markdown.clone()),
+        ("attack-table.csv", table.csv()),
+    ] {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    print!("{markdown}");
+    println!("\nwritten: {}", args.out.join("attack-table.md").display());
+    Ok(())
 }

@@ -9,9 +9,13 @@
 //!   local data (as the client holds it, behaviour applied) for `rounds * local_epochs`
 //!   epochs with the scenario's batch size and learning rate, seeded per client;
 //! - fairness: Pearson correlation between the honest clients' standalone accuracies and
-//!   the test accuracies of their final models; undefined (`None`) when either side has no
-//!   variance, e.g. with FedAvg where every client ends with the same global model;
-//! - honest accuracy: mean test accuracy of the honest clients' final models;
+//!   the test accuracies of their final models. With RFFL each client's final model is its
+//!   own; with a shared-model aggregator (FedAvg, median, Krum, ...) every client ends
+//!   with the same global model, which has no variance, so each client's final model is
+//!   taken as that global model fine-tuned for one round (`local_epochs`) on its own data
+//!   ([`trained_accuracy`]). Undefined (`None`) when either side has no variance;
+//! - honest accuracy: mean (and best) test accuracy of the honest clients' final models
+//!   (the global model itself for shared-model aggregators);
 //! - attack success rate (label flipping): over the honest clients' final models, the mean
 //!   fraction of test samples predicted as the flipped label `C - 1 - y`, counting only
 //!   samples whose flipped label differs from `y` (the middle class of an odd `C` is its
@@ -55,10 +59,23 @@ pub fn standalone_accuracy(
     init_seed: u64,
     seed: u64,
 ) -> Result<f64, ModelError> {
-    let mut params = spec.init_params(init_seed);
+    trained_accuracy(spec, spec.init_params(init_seed), data, test, cfg, seed)
+}
+
+/// Test accuracy of `start` after training it on `data` with `cfg`: the "final model" of
+/// a client in a federation where everyone ends with the same global model, fine-tuned
+/// on the client's own data, so that fairness is defined for shared-model aggregators.
+pub fn trained_accuracy(
+    spec: &ModelSpec,
+    mut start: Vec<f32>,
+    data: &Dataset,
+    test: &Dataset,
+    cfg: &TrainConfig,
+    seed: u64,
+) -> Result<f64, ModelError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    spec.train(&mut params, data, cfg, &mut rng)?;
-    Ok(spec.evaluate(&params, test)?.accuracy)
+    spec.train(&mut start, data, cfg, &mut rng)?;
+    Ok(spec.evaluate(&start, test)?.accuracy)
 }
 
 /// Fraction of the test samples with `C - 1 - y != y` that `params` predicts as `C - 1 - y`;
@@ -88,8 +105,13 @@ pub struct RunMetrics {
     pub fairness: Option<f64>,
     /// Why `fairness` is `None`, when it is.
     pub fairness_note: Option<String>,
+    /// What fairness compares standalone accuracy with: the clients' own final models, or
+    /// the shared global model fine-tuned on each client's data.
+    pub fairness_basis: String,
     /// Mean final test accuracy of the honest clients.
     pub honest_accuracy: f64,
+    /// Best final test accuracy among the honest clients.
+    pub honest_accuracy_best: f64,
     /// Label-flipping success rate; `None` when the scenario has no label flippers.
     pub attack_success_rate: Option<f64>,
 }

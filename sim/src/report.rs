@@ -37,6 +37,9 @@ pub struct RoundRow {
     pub utility_empty: f64,
     /// Per-client Shapley value of this round, by client name.
     pub values: BTreeMap<String, f64>,
+    /// Fair reward policy only: whether the round explored, and how many clients
+    /// received its new global model.
+    pub fair_reward: Option<(bool, usize)>,
 }
 
 /// One client at the end of the run.
@@ -99,12 +102,12 @@ impl Report {
 
     fn rounds_csv(&self) -> String {
         let mut s = String::from(
-            "round,val_accuracy,val_loss,client_loss,participants,stragglers,valuation_method,valuation_status,valuation_stop,evaluations,valuation_ms,utility_full,utility_empty,sum_values\n",
+            "round,val_accuracy,val_loss,client_loss,participants,stragglers,valuation_method,valuation_status,valuation_stop,evaluations,valuation_ms,utility_full,utility_empty,sum_values,reward_exploring,reward_recipients\n",
         );
         for r in &self.rounds {
             let _ = writeln!(
                 s,
-                "{},{:.6},{:.6},{:.6},{},{},{},{},{},{},{},{:.6},{:.6},{:.6}",
+                "{},{:.6},{:.6},{:.6},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{},{}",
                 r.round,
                 r.val_accuracy,
                 r.val_loss,
@@ -118,7 +121,9 @@ impl Report {
                 r.valuation_ms,
                 r.utility_full,
                 r.utility_empty,
-                r.values.values().sum::<f64>()
+                r.values.values().sum::<f64>(),
+                r.fair_reward.map_or(String::new(), |(e, _)| e.to_string()),
+                r.fair_reward.map_or(String::new(), |(_, n)| n.to_string()),
             );
         }
         s
@@ -209,16 +214,24 @@ impl Report {
     pub fn summary(&self) -> String {
         let m = &self.metrics;
         let mut s = String::new();
-        let _ = writeln!(s, "aggregator {}", self.config.aggregator);
+        let _ = writeln!(
+            s,
+            "aggregator {}",
+            crate::defense::Defense::of(&self.config)
+        );
         let honest = self.clients.iter().filter(|c| !c.adversary).count();
         let _ = writeln!(
             s,
-            "honest clients' accuracy {:.4} (mean test accuracy of {honest} final models)",
-            m.honest_accuracy
+            "honest clients' accuracy {:.4} (mean test accuracy of {honest} final models; best {:.4})",
+            m.honest_accuracy, m.honest_accuracy_best
         );
         match (m.fairness, &m.fairness_note) {
             (Some(r), _) => {
-                let _ = writeln!(s, "fairness {r:.4} (Pearson: standalone vs final accuracy)");
+                let _ = writeln!(
+                    s,
+                    "fairness {r:.4} (Pearson: standalone accuracy vs {})",
+                    m.fairness_basis
+                );
             }
             (None, note) => {
                 let _ = writeln!(
@@ -233,6 +246,30 @@ impl Report {
                 s,
                 "label-flip attack success {rate:.4} (test samples predicted as C - 1 - y)"
             );
+        }
+        let phases: Vec<(u64, bool, usize)> = self
+            .rounds
+            .iter()
+            .filter_map(|r| r.fair_reward.map(|(e, n)| (r.round, e, n)))
+            .collect();
+        if !phases.is_empty() {
+            let exploring = phases.iter().filter(|p| p.1).count();
+            match phases.iter().find(|p| !p.1) {
+                Some(&(round, _, n)) => {
+                    let _ = writeln!(
+                        s,
+                        "fair reward: explored {exploring} rounds; exploits from round {round} \
+                         ({n} clients received that round's model)"
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "fair reward: still exploring after {exploring} rounds (contribution \
+                         estimates not yet stationary), so every client got every model"
+                    );
+                }
+            }
         }
         let removed: Vec<String> = self
             .clients
@@ -363,7 +400,10 @@ impl Report {
         used.dedup();
         let m = &self.metrics;
         let fairness = match (m.fairness, &m.fairness_note) {
-            (Some(r), _) => format!("{r:.4} (Pearson: standalone vs final test accuracy)"),
+            (Some(r), _) => format!(
+                "{r:.4} (Pearson: standalone test accuracy vs that of {})",
+                m.fairness_basis
+            ),
             (None, note) => format!("n/a ({})", note.as_deref().unwrap_or("undefined")),
         };
         let attack = match m.attack_success_rate {
@@ -404,7 +444,7 @@ impl Report {
                     c.valuation_budget
                 ),
             ),
-            ("aggregator", c.aggregator.to_string()),
+            ("aggregator", crate::defense::Defense::of(c).to_string()),
             ("seed", c.seed.to_string()),
             (
                 "final test accuracy",
@@ -417,8 +457,9 @@ impl Report {
             (
                 "honest clients' accuracy",
                 format!(
-                    "{} (mean test accuracy of their final models)",
-                    num(m.honest_accuracy, 4)
+                    "{} (mean test accuracy of their final models; best {})",
+                    num(m.honest_accuracy, 4),
+                    num(m.honest_accuracy_best, 4)
                 ),
             ),
             ("fairness", fairness),
@@ -677,6 +718,7 @@ mod tests {
             valuation_ms: 1,
             utility_full: 0.1,
             utility_empty: 0.0,
+            fair_reward: None,
             values: values.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
         }
     }
@@ -697,7 +739,9 @@ mod tests {
             metrics: RunMetrics {
                 fairness: None,
                 fairness_note: Some("fewer than two honest clients".into()),
+                fairness_basis: "own final models".into(),
                 honest_accuracy: 0.75,
+                honest_accuracy_best: 0.8,
                 attack_success_rate: None,
             },
         }

@@ -5,7 +5,10 @@
 //!
 //! Every client runs an [`AdversaryTrainer`] (honest clients with [`Attack::Honest`]).
 //! Late joiners are held back until the event stream reports round `late_join_round`
-//! committed, then enroll like the others.
+//! committed, then enroll like the others. Clients enroll one after another in the
+//! scenario's order (each connects at once but waits for its turn), because the server's
+//! enrollment order indexes per-client state and seeded draws: the same config and seed
+//! then give the same run.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use fedval_proto::v1::admin_client::AdminClient;
 use fedval_server::store::Store;
 use fedval_server::{RunningServer, ServerSettings};
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::oneshot;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -127,6 +131,7 @@ pub fn federation_config(
         }),
         seed: config.seed,
         reputation: config.reputation.as_ref().map(Into::into),
+        fair_reward: config.fair_reward.as_ref().map(Into::into),
         aggregator: Some(fedval_server::convert::aggregator_to_proto(
             &config.aggregator,
         )),
@@ -183,26 +188,42 @@ fn attack(behaviour: Behaviour, config: &SimConfig, sybil: &SybilGroup) -> Attac
     }
 }
 
-/// Starts client `index`: enroll, run the task loop, evaluate the final model.
+/// Enrollment turns: a client enrolls once the previous one has (`wait`), then lets the
+/// next one go (`done`), so that the server's enrollment order, which indexes per-client
+/// state and seeded draws, is the scenario's client order in every run.
+struct Turn {
+    wait: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+}
+
+/// Starts client `index`: enroll (in its turn), run the task loop, evaluate the final model.
 fn spawn_client(
     launch: &Launch,
     index: usize,
     plan: ClientPlan,
     seed: u64,
     attack: Attack,
+    turn: Turn,
 ) -> ClientTask {
     let launch = launch.clone();
     tokio::spawn(async move {
         let channel = connect(&launch.url).await?;
         let samples = plan.data.len() as u64;
-        let mut client = FederationClient::enroll(
+        if let Some(wait) = turn.wait {
+            // An error means the previous client failed before enrolling; its task
+            // reports that, and this one need not wait any longer.
+            let _ = wait.await;
+        }
+        let enrolled = FederationClient::enroll(
             channel,
             &launch.federation_id,
             &launch.secret,
             &plan.name,
             samples,
         )
-        .await?;
+        .await;
+        let _ = turn.done.send(());
+        let mut client = enrolled?;
         let inner = ModelTrainer::new(client.model().clone(), plan.data, seed)?;
         let trainer = AdversaryTrainer::new(inner, attack, seed);
         let summary = run_node(&mut client, trainer, &launch.run_opts).await?;
@@ -312,13 +333,19 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
     let sybil = SybilGroup::new();
     let mut tasks = Vec::with_capacity(prepared.clients.len());
     let mut late = Vec::new();
+    let mut previous: Option<oneshot::Receiver<()>> = None;
     for (index, plan) in prepared.clients.iter().cloned().enumerate() {
         let seed = trainer_seed(config, &prepared, index);
         let attack = attack(plan.behaviour, config, &sybil);
         if plan.behaviour == Behaviour::LateJoiner {
             late.push((index, plan, seed, attack));
         } else {
-            tasks.push(spawn_client(&launch, index, plan, seed, attack));
+            let (done, next) = oneshot::channel();
+            let turn = Turn {
+                wait: previous.replace(next),
+                done,
+            };
+            tasks.push(spawn_client(&launch, index, plan, seed, attack, turn));
         }
     }
 
@@ -345,7 +372,12 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
                 bar.set_message(format!("val acc {acc:.3}"));
                 if r.round >= config.adversaries.late_join_round {
                     for (index, plan, seed, attack) in late.drain(..) {
-                        tasks.push(spawn_client(&launch, index, plan, seed, attack));
+                        let (done, next) = oneshot::channel();
+                        let turn = Turn {
+                            wait: previous.replace(next),
+                            done,
+                        };
+                        tasks.push(spawn_client(&launch, index, plan, seed, attack, turn));
                     }
                 }
             }
@@ -383,11 +415,7 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
     }
 
     let spec = model_spec(config.model, &prepared.test);
-    let final_model = results
-        .first()
-        .map(|r| r.final_model.clone())
-        .unwrap_or_default();
-    let test = spec.evaluate(&final_model, &prepared.test)?;
+    let test = final_test(config, &spec, &prepared, &results)?;
     let standalone = {
         let (config, prepared, spec) = (config.clone(), prepared.clone(), spec.clone());
         tokio::task::spawn_blocking(move || standalone_accuracies(&config, &prepared, &spec))
@@ -431,12 +459,50 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         federation_id,
         server: url,
         wall_time_s: started.elapsed().as_secs_f64(),
-        final_test_accuracy: test.accuracy,
-        final_test_loss: test.loss,
+        final_test_accuracy: test.0,
+        final_test_loss: test.1,
         rounds: round_rows,
         clients,
         metrics: run_metrics,
     })
+}
+
+/// Test accuracy and loss of the final model: the shared global model, or with personal
+/// models (RFFL, fair rewards) the mean over the honest clients' own models (an adversary's model says
+/// nothing about what the federation delivers).
+fn final_test(
+    config: &SimConfig,
+    spec: &ModelSpec,
+    prepared: &Prepared,
+    results: &[ClientResult],
+) -> Result<(f64, f64), SimError> {
+    let chosen: Vec<&ClientResult> = if personalised(config) {
+        results
+            .iter()
+            .filter(|r| {
+                prepared
+                    .clients
+                    .get(r.index)
+                    .is_some_and(|c| !c.behaviour.is_adversary())
+            })
+            .collect()
+    } else {
+        results.first().into_iter().collect()
+    };
+    let (mut accuracy, mut loss) = (0.0, 0.0);
+    for r in &chosen {
+        let m = spec.evaluate(&r.final_model, &prepared.test)?;
+        accuracy += m.accuracy;
+        loss += m.loss;
+    }
+    let n = chosen.len().max(1) as f64;
+    Ok((accuracy / n, loss / n))
+}
+
+/// True when every client ends with its own model (RFFL, fair rewards) rather than the
+/// shared global one.
+pub fn personalised(config: &SimConfig) -> bool {
+    config.reputation.is_some() || config.fair_reward.is_some()
 }
 
 /// Fairness, honest accuracy and label-flip success over the honest clients.
@@ -455,8 +521,38 @@ fn run_metrics(
         .map(|&i| clients[i].standalone_accuracy)
         .collect();
     let final_acc: Vec<f64> = honest.iter().map(|&i| clients[i].test_accuracy).collect();
-    let (fairness, fairness_note) = metrics::fairness(&standalone, &final_acc);
+    let (fairness_acc, fairness_basis) = if personalised(config) {
+        (final_acc.clone(), "own final models".to_string())
+    } else {
+        let cfg = TrainConfig {
+            epochs: config.local_epochs as usize,
+            batch_size: config.batch_size as usize,
+            learning_rate: config.learning_rate,
+            l2: 0.0,
+        };
+        let mut tuned = Vec::with_capacity(honest.len());
+        for &i in &honest {
+            let index = results[i].index;
+            let data = &prepared.clients[index].data;
+            // A seed apart from the client's training seed; any fixed one reproduces.
+            let seed = trainer_seed(config, prepared, index) ^ 0x5eed_f17e;
+            tuned.push(metrics::trained_accuracy(
+                spec,
+                results[i].final_model.clone(),
+                data,
+                &prepared.test,
+                &cfg,
+                seed,
+            )?);
+        }
+        (
+            tuned,
+            "the shared final model fine-tuned for one round on each client's data".to_string(),
+        )
+    };
+    let (fairness, fairness_note) = metrics::fairness(&standalone, &fairness_acc);
     let honest_accuracy = final_acc.iter().sum::<f64>() / final_acc.len().max(1) as f64;
+    let honest_accuracy_best = final_acc.iter().copied().fold(f64::NAN, f64::max);
     let attack_success_rate = if config.adversaries.label_flip > 0 {
         let mut rates = Vec::with_capacity(honest.len());
         for &i in &honest {
@@ -473,7 +569,9 @@ fn run_metrics(
     Ok(RunMetrics {
         fairness,
         fairness_note,
+        fairness_basis,
         honest_accuracy,
+        honest_accuracy_best,
         attack_success_rate,
     })
 }
@@ -499,6 +597,12 @@ fn round_row(r: &pb::RoundRecord, names: &HashMap<String, String>) -> RoundRow {
         valuation_ms: r.valuation_ms,
         utility_full: r.utility_full,
         utility_empty: r.utility_empty,
+        fair_reward: r.fair_reward.as_ref().map(|f| {
+            (
+                f.exploring,
+                f.clients.iter().filter(|c| c.received_model).count(),
+            )
+        }),
         values: r
             .values
             .iter()

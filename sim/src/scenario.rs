@@ -11,6 +11,37 @@
 use fedval_core::aggregate::AggregatorSpec;
 use serde::{Deserialize, Serialize};
 
+/// The scenario files of `sim/scenarios/`, by name, compiled into the binary so that the
+/// attack table runs them from any directory.
+pub const SHIPPED: &[(&str, &str)] = &[
+    ("baseline", include_str!("../scenarios/baseline.toml")),
+    ("free_riders", include_str!("../scenarios/free_riders.toml")),
+    ("label_flip", include_str!("../scenarios/label_flip.toml")),
+    ("sign_flip", include_str!("../scenarios/sign_flip.toml")),
+    (
+        "scaled_noise",
+        include_str!("../scenarios/scaled_noise.toml"),
+    ),
+    ("sybil", include_str!("../scenarios/sybil.toml")),
+    ("late_joiner", include_str!("../scenarios/late_joiner.toml")),
+    (
+        "rffl_sign_flip",
+        include_str!("../scenarios/rffl_sign_flip.toml"),
+    ),
+];
+
+/// The shipped scenario `name` (see [`SHIPPED`]).
+pub fn shipped(name: &str) -> Result<SimConfig, String> {
+    let (_, text) = SHIPPED.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+        let names: Vec<&str> = SHIPPED.iter().map(|(n, _)| *n).collect();
+        format!(
+            "no shipped scenario {name:?}; the scenarios are {}",
+            names.join(", ")
+        )
+    })?;
+    toml::from_str(text).map_err(|e| format!("scenario {name}: {e}"))
+}
+
 /// How a simulated client behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,6 +225,11 @@ pub struct SimConfig {
     /// report's removal rounds come from the recorded reputations. A federation with
     /// reputations refuses late joiners.
     pub reputation: Option<fedval_server::config::RfflSettings>,
+    /// Fair yet asymptotically equal rewards (ALGORITHMS.md 5), e.g.
+    /// `{ window = 11 }`; unset (the default) is off; exclusive with `reputation`. Every
+    /// client trains from its own model, which receives the newest global model only when
+    /// the policy draws it (always while exploring).
+    pub fair_reward: Option<fedval_server::config::FairRewardSettings>,
     /// Adversarial and late clients.
     pub adversaries: Adversaries,
 }
@@ -221,6 +257,7 @@ impl Default for SimConfig {
             seed: 42,
             aggregator: AggregatorSpec::FedAvg,
             reputation: None,
+            fair_reward: None,
             adversaries: Adversaries::default(),
         }
     }
@@ -284,6 +321,16 @@ impl SimConfig {
                 adv.noise_scale
             ));
         }
+        if self.reputation.is_some() && self.fair_reward.is_some() {
+            return Err("set either reputation (RFFL) or fair_reward, not both".into());
+        }
+        if adv.late_joiner > 0 && (self.reputation.is_some() || self.fair_reward.is_some()) {
+            return Err(
+                "late joiners cannot enroll in a federation with reputation or fair_reward \
+                 (its per-client state is sized in round 1)"
+                    .into(),
+            );
+        }
         if adv.late_joiner > 0 {
             if adv.late_join_round == 0 || adv.late_join_round >= self.rounds {
                 return Err(format!(
@@ -309,9 +356,7 @@ mod tests {
     const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
 
     fn scenario(name: &str) -> SimConfig {
-        let path = format!("{SCENARIOS}/{name}.toml");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+        shipped(name).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -335,18 +380,10 @@ mod tests {
             .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
             .collect();
         names.sort();
-        assert_eq!(
-            names,
-            [
-                "baseline",
-                "free_riders",
-                "label_flip",
-                "late_joiner",
-                "scaled_noise",
-                "sign_flip",
-                "sybil"
-            ]
-        );
+        let mut listed: Vec<String> = SHIPPED.iter().map(|(n, _)| n.to_string()).collect();
+        listed.sort();
+        assert_eq!(names, listed, "SHIPPED must list every file of {SCENARIOS}");
+        assert!(shipped("nope").unwrap_err().contains("baseline"));
         for name in &names {
             let config = scenario(name);
             assert_eq!(config.validate(), Ok(()), "{name}");
@@ -355,7 +392,13 @@ mod tests {
                 ("digits", 10, 20)
             );
             assert_eq!((config.noisy, config.tiny), (0, 0), "{name}");
+            assert_eq!(config.partition, Partition::Iid, "{name}");
             assert_eq!(config.aggregator, AggregatorSpec::FedAvg, "{name}");
+            assert_eq!(
+                config.reputation.is_some(),
+                name.starts_with("rffl_"),
+                "{name}"
+            );
             let special = config.special_clients();
             assert_eq!(special, if name == "baseline" { 0 } else { 2 }, "{name}");
         }
@@ -369,10 +412,38 @@ mod tests {
         assert_eq!(kinds("free_riders"), [Behaviour::FreeRiderNoise; 2]);
         assert_eq!(kinds("label_flip"), [Behaviour::LabelFlip; 2]);
         assert_eq!(kinds("sign_flip"), [Behaviour::SignFlip; 2]);
+        assert_eq!(kinds("rffl_sign_flip"), [Behaviour::SignFlip; 2]);
         assert_eq!(kinds("scaled_noise"), [Behaviour::ScaledNoise; 2]);
         assert_eq!(kinds("sybil"), [Behaviour::Sybil; 2]);
         assert_eq!(kinds("late_joiner"), [Behaviour::LateJoiner; 2]);
         assert_eq!(scenario("late_joiner").initial_clients(), 8);
+    }
+
+    #[test]
+    fn reward_policies_exclude_each_other_and_late_joiners() {
+        let rffl = Some(fedval_server::config::RfflSettings::with_gamma(0.5));
+        let fair = Some(fedval_server::config::FairRewardSettings::default());
+        let both = SimConfig {
+            reputation: rffl,
+            fair_reward: fair,
+            ..SimConfig::default()
+        };
+        assert!(both.validate().unwrap_err().contains("not both"));
+        let late = scenario("late_joiner");
+        assert_eq!(late.validate(), Ok(()));
+        for (reputation, fair_reward) in [(rffl, None), (None, fair)] {
+            let config = SimConfig {
+                reputation,
+                fair_reward,
+                ..late.clone()
+            };
+            assert!(
+                config
+                    .validate()
+                    .unwrap_err()
+                    .contains("late joiners cannot")
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod e2e {
 
     mod bad_input;
     mod estimators;
+    mod fair_reward;
     mod federation_flow;
     mod large_model;
     mod many_federations;

@@ -57,11 +57,13 @@ fn fed(id: &str) -> FederationRecord {
             validation: None,
             seed: 1,
             reputation: None,
+            fair_reward: None,
         },
         status: FederationStatus::Waiting,
         committed_rounds: 0,
         model_version: 0,
         rffl: None,
+        fair_reward: None,
     }
 }
 
@@ -111,6 +113,7 @@ fn round_record(round: u64, model_version: u64, participants: &[&str]) -> RoundR
         valuation_status: ValuationStatus::Done,
         reputations: Vec::new(),
         reputation_threshold: None,
+        fair_reward: None,
         valuation_stop: "exact".into(),
     }
 }
@@ -241,14 +244,30 @@ pub fn commit_round(s: &Store) {
     assert_eq!(s.list_rounds("g").expect("rounds"), vec![]);
 }
 
-/// Client models and the RFFL state are committed with the round, or not at all.
+/// Client models and the reward policies' states are committed with the round, or not
+/// at all.
 pub fn commit_round_with_client_models(s: &Store) {
     s.create_federation(&fed("f"), &[0.0, 0.0]).expect("create");
     let mut after = fed("f");
     after.committed_rounds = 1;
     after.model_version = 1;
     after.rffl = Some(fedval_core::reputation::RfflState::new(&[3, 1]).expect("state"));
-    let r0 = round_record(0, 1, &["a/1", "b"]);
+    let mut fair = fedval_core::reputation::FairRewardState::new(2).expect("state");
+    fair.psi = vec![0.25, -0.125];
+    fair.recent = vec![vec![0.25, -0.125]];
+    fair.rounds = 1;
+    after.fair_reward = Some(fair);
+    let mut r0 = round_record(0, 1, &["a/1", "b"]);
+    r0.fair_reward = Some(crate::store::FairRewardRound {
+        exploring: true,
+        p_value: None,
+        clients: vec![crate::store::ClientFairReward {
+            client_id: "a/1".into(),
+            psi: 0.25,
+            received_model: true,
+            probability: None,
+        }],
+    });
     let models: [(String, &[f32]); 2] = [("a/1".into(), &[1.0, 2.0]), ("b".into(), &[-3.0, 0.5])];
     s.commit_round("f", &r0, &[0.5, 0.5], &models, &after)
         .expect("commit");
@@ -263,6 +282,7 @@ pub fn commit_round_with_client_models(s: &Store) {
     assert_eq!(s.get_client_model("f", "b", 0).expect("b0"), None);
     assert_eq!(s.get_client_model("g", "b", 1).expect("other fed"), None);
     assert_eq!(s.get_federation("f").expect("get"), Some(after.clone()));
+    assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0]);
     // A replayed commit writes none of its client models.
     let r0b = round_record(0, 2, &["b"]);
     let replay: [(String, &[f32]); 1] = [("b".into(), &[9.0, 9.0])];

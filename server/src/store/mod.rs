@@ -16,16 +16,16 @@
 //! component can contain the separator, and numbers are 20-digit zero-padded decimals so
 //! byte order is numeric order and prefix scans come out sorted:
 //!
-//! | key                                         | value                          |
-//! |---------------------------------------------|--------------------------------|
-//! | `fed/<federation>`                          | [`FederationRecord`] (JSON)    |
-//! | `client/<federation>/<seq>`                 | [`ClientRecord`] (JSON)        |
-//! | `client-name/<federation>/<name>`           | client id (uniqueness index)   |
-//! | `update/<federation>/<round>/<client_id>`   | [`UpdateRecord`] (JSON)        |
-//! | `delta/<federation>/<round>/<client_id>`    | update tensor (LE f32 bytes)   |
-//! | `model/<federation>/<version>`              | global model (LE f32 bytes)    |
-//! | `round/<federation>/<round>`                | [`RoundRecord`] (JSON)         |
-//! | `cmodel/<federation>/<client_id>/<version>` | a client's own model (RFFL)    |
+//! | key                                         | value                           |
+//! |---------------------------------------------|---------------------------------|
+//! | `fed/<federation>`                          | [`FederationRecord`] (JSON)     |
+//! | `client/<federation>/<seq>`                 | [`ClientRecord`] (JSON)         |
+//! | `client-name/<federation>/<name>`           | client id (uniqueness index)    |
+//! | `update/<federation>/<round>/<client_id>`   | [`UpdateRecord`] (JSON)         |
+//! | `delta/<federation>/<round>/<client_id>`    | update tensor (LE f32 bytes)    |
+//! | `model/<federation>/<version>`              | global model (LE f32 bytes)     |
+//! | `round/<federation>/<round>`                | [`RoundRecord`] (JSON)          |
+//! | `cmodel/<federation>/<client_id>/<version>` | a client's own model (policies) |
 
 pub mod kv;
 pub mod memory;
@@ -46,8 +46,8 @@ use serde::de::DeserializeOwned;
 use crate::config::StoreKind;
 pub use kv::{Batch, KvBackend};
 pub use records::{
-    ClientRecord, ClientReputation, ClientValue, FederationRecord, FederationStatus, RoundRecord,
-    UpdateRecord, ValuationStatus,
+    ClientFairReward, ClientRecord, ClientReputation, ClientValue, FairRewardRound,
+    FederationRecord, FederationStatus, RoundRecord, UpdateRecord, ValuationStatus,
 };
 
 /// Errors of the store.
@@ -328,7 +328,7 @@ impl Store {
             .transpose()
     }
 
-    /// A client's own model (RFFL federations) of `version`, if stored.
+    /// A client's own model (reward-policy federations) of `version`, if stored.
     pub fn get_client_model(
         &self,
         federation: &str,
@@ -344,7 +344,7 @@ impl Store {
 
     /// Commits a round in ONE atomic, durable batch: the round record, the new model (as
     /// version `round.model_version`), each `(client_id, model)` of `client_models` as
-    /// that client's own model of the same version (RFFL; empty otherwise) and the
+    /// that client's own model of the same version (reward policies; empty otherwise) and the
     /// federation's record `fed` (which must be `federation`'s).
     /// [`StoreError::Conflict`] if the round was already committed, in which case
     /// nothing changes.

@@ -7,7 +7,7 @@
 //! `f64` survives a round trip bit for bit. Tensors (models, updates) are not JSON: they are
 //! little-endian f32 bytes, the wire format of `fedval_core::tensor`.
 
-use fedval_core::reputation::RfflState;
+use fedval_core::reputation::{FairRewardState, RfflState};
 use serde::{Deserialize, Serialize};
 
 use crate::config::FederationConfig;
@@ -27,6 +27,10 @@ pub struct FederationRecord {
     /// before the first round commits). Committed with the round, so a restart keeps it.
     #[serde(default)]
     pub rffl: Option<RfflState>,
+    /// Fair-reward state after the last committed round (`fair_reward` federations only;
+    /// `None` before the first round commits). Committed with the round, like `rffl`.
+    #[serde(default)]
+    pub fair_reward: Option<FairRewardState>,
 }
 
 /// Life cycle of a federation.
@@ -133,6 +137,35 @@ pub struct RoundRecord {
     /// RFFL only: this round's removal threshold; `None` during the warm-up.
     #[serde(default)]
     pub reputation_threshold: Option<f64>,
+    /// Fair-reward federations only: what the policy did this round.
+    #[serde(default)]
+    pub fair_reward: Option<FairRewardRound>,
+}
+
+/// One round of the fair yet asymptotically equal reward policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FairRewardRound {
+    /// True for an exploration round (contributions estimated, every participant received
+    /// the new global model); false once the policy exploits.
+    pub exploring: bool,
+    /// p-value of the stationarity test run after this round, if it ran.
+    pub p_value: Option<f64>,
+    /// Every enrolled client, in enrollment order.
+    pub clients: Vec<ClientFairReward>,
+}
+
+/// One client's standing under the fair reward policy after a round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientFairReward {
+    /// The client.
+    pub client_id: String,
+    /// Running mean of its contribution estimates (frozen once exploration ended).
+    pub psi: f64,
+    /// True if its own model became this round's new global model; false if it kept
+    /// its previous one.
+    pub received_model: bool,
+    /// Exploitation rounds only: its selection probability `softmax(beta psi)`.
+    pub probability: Option<f64>,
 }
 
 /// One client's RFFL reputation after a round.
@@ -281,6 +314,16 @@ mod tests {
                 removed: true,
             }],
             reputation_threshold: Some(1.0 / 3.0),
+            fair_reward: Some(FairRewardRound {
+                exploring: false,
+                p_value: Some(0.95),
+                clients: vec![ClientFairReward {
+                    client_id: "a".into(),
+                    psi: -0.125,
+                    received_model: true,
+                    probability: Some(0.75),
+                }],
+            }),
         };
         let json = serde_json::to_vec(&rec).expect("encodes");
         let back: RoundRecord = serde_json::from_slice(&json).expect("decodes");

@@ -37,6 +37,7 @@ async fn fifty_megabyte_update_uploads() {
         seed: 1,
         aggregator: None,
         reputation: None,
+        fair_reward: None,
     };
     let mut admin = admin(&url).await;
     admin

@@ -102,3 +102,42 @@ async fn late_joiner_enrolls_after_round_k() {
     assert!(report.metrics.attack_success_rate.is_none());
     assert!(report.metrics.honest_accuracy > 0.5);
 }
+
+/// The attack table over gRPC: RFFL removes both sign flippers once the warm-up ends and
+/// no honest client; FedAvg removes nobody; fairness is defined for both (FedAvg through
+/// the fine-tuned global model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_table_shows_rffl_removing_sign_flippers() {
+    use fedval_sim::defense::Defense;
+    let mut scenario = fedval_sim::scenario::shipped("sign_flip").expect("shipped");
+    scenario.rounds = 13;
+    scenario.partition = fedval_sim::scenario::Partition::Iid;
+    let defenses = [
+        Defense::parse("fedavg").expect("parses"),
+        Defense::parse("rffl:0.5").expect("parses"),
+    ];
+    let table = fedval_sim::attack_table::run_table(
+        &[("sign_flip".into(), scenario)],
+        &defenses,
+        &[42],
+        "sim-test",
+        |_, _, _| {},
+    )
+    .await
+    .expect("table runs");
+    let (fedavg, rffl) = (&table.cells[0][0], &table.cells[1][0]);
+    assert_eq!(fedavg.removals, (0, 2, None));
+    // Warm-up of 10 rounds: the first removal pass is round index 10, i.e. round 11.
+    assert_eq!(rffl.removals, (2, 2, Some(11)));
+    assert_eq!(rffl.honest_removed, 0);
+    assert_eq!((fedavg.fairness_runs, rffl.fairness_runs), (1, 1));
+    for cell in [fedavg, rffl] {
+        assert!(
+            cell.honest_accuracy > 0.5 && cell.honest_accuracy <= cell.honest_accuracy_best + 1e-12
+        );
+    }
+    let markdown = table.markdown();
+    assert!(markdown.contains("| rffl (gamma = 0.5) |"), "{markdown}");
+    assert!(markdown.contains("all by round 11"), "{markdown}");
+    assert_eq!(table.csv().lines().count(), 3);
+}
