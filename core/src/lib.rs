@@ -15,6 +15,9 @@
 //!   asymptotically equal reward selection (no validation set needed).
 //! - [`valuation`]: cooperative games and Shapley value estimators, including the
 //!   per-round federated-learning game.
+//! - [`vertical`]: vertical FL (parties hold column blocks, the server holds labels):
+//!   the label holder's objective, party embedding models, column splits and reference
+//!   synchronous/asynchronous training loops.
 
 pub mod aggregate;
 pub mod data;
@@ -22,3 +25,4 @@ pub mod model;
 pub mod reputation;
 pub mod tensor;
 pub mod valuation;
+pub mod vertical;

@@ -13,13 +13,13 @@ use rand_chacha::ChaCha8Rng;
 use super::{ModelError, blocks, blocks_mut, column_sums, mat, mat_mut, softmax_ce_grad, sq_norm};
 
 /// Block lengths `[W1, b1, W2, b2]` for dimensions `[features, hidden, classes]`.
-fn lens([f, h, c]: [usize; 3]) -> [usize; 4] {
+pub(crate) fn lens([f, h, c]: [usize; 3]) -> [usize; 4] {
     [h * f, h, c * h, c]
 }
 
 /// Seeded initial parameters: W1 uniform in `±sqrt(6 / features)` (He, for ReLU), W2
 /// uniform in `±sqrt(6 / (hidden + classes))` (Glorot), zero biases. Dimensions are valid.
-pub(super) fn init(dims: [usize; 3], seed: u64) -> Vec<f32> {
+pub(crate) fn init(dims: [usize; 3], seed: u64) -> Vec<f32> {
     let [f, h, c] = dims;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut uniform = |n: usize, bound: f32| -> Vec<f32> {
@@ -34,7 +34,7 @@ pub(super) fn init(dims: [usize; 3], seed: u64) -> Vec<f32> {
 }
 
 /// Hidden activations `[rows x hidden]` and logits `[rows x classes]` for `x`.
-fn forward(
+pub(crate) fn forward(
     params: &[f32],
     dims: [usize; 3],
     x: ArrayView2<f32>,
@@ -71,17 +71,42 @@ pub(super) fn loss_and_grad(
     let [f, h, c] = dims;
     let (hidden, mut g) = forward(params, dims, x)?;
     let mut loss = softmax_ce_grad(&mut g, labels);
-    let [w1, _, w2, _] = blocks(params, lens(dims))?;
-    let (w1, w2) = (mat(w1, h, f)?, mat(w2, c, h)?);
+    backward(params, dims, x, &hidden, &g, grad)?;
+    if l2 > 0.0 {
+        let [w1, _, w2, _] = blocks(params, lens(dims))?;
+        let (w1, w2) = (mat(w1, h, f)?, mat(w2, c, h)?);
+        let [gw1, _, gw2, _] = blocks_mut(grad, lens(dims))?;
+        mat_mut(gw1, h, f)?.scaled_add(l2, &w1);
+        mat_mut(gw2, c, h)?.scaled_add(l2, &w2);
+        loss += 0.5 * f64::from(l2) * (sq_norm(&w1) + sq_norm(&w2));
+    }
+    Ok(loss)
+}
+
+/// Backpropagates `g`, the gradient of a loss with respect to the outputs `[rows x
+/// classes]` of the forward pass that produced `hidden` from `x`, into `grad` (all four
+/// blocks overwritten; no L2 term). Shared with the vertical party models, whose upstream
+/// gradient comes from the label holder instead of a local softmax.
+pub(crate) fn backward(
+    params: &[f32],
+    dims: [usize; 3],
+    x: ArrayView2<f32>,
+    hidden: &Array2<f32>,
+    g: &Array2<f32>,
+    grad: &mut [f32],
+) -> Result<(), ModelError> {
+    let [f, h, c] = dims;
+    let [_, _, w2, _] = blocks(params, lens(dims))?;
+    let w2 = mat(w2, c, h)?;
     let [gw1, gb1, gw2, gb2] = blocks_mut(grad, lens(dims))?;
 
     let mut gw2 = mat_mut(gw2, c, h)?;
-    general_mat_mul(1.0, &g.t(), &hidden, 0.0, &mut gw2);
-    column_sums(&g, gb2);
+    general_mat_mul(1.0, &g.t(), hidden, 0.0, &mut gw2);
+    column_sums(g, gb2);
 
     // Back through W2 and the ReLU.
     let mut dh = g.dot(&w2);
-    Zip::from(&mut dh).and(&hidden).for_each(|d, &a| {
+    Zip::from(&mut dh).and(hidden).for_each(|d, &a| {
         if a <= 0.0 {
             *d = 0.0;
         }
@@ -89,11 +114,5 @@ pub(super) fn loss_and_grad(
     let mut gw1 = mat_mut(gw1, h, f)?;
     general_mat_mul(1.0, &dh.t(), &x, 0.0, &mut gw1);
     column_sums(&dh, gb1);
-
-    if l2 > 0.0 {
-        gw1.scaled_add(l2, &w1);
-        gw2.scaled_add(l2, &w2);
-        loss += 0.5 * f64::from(l2) * (sq_norm(&w1) + sq_norm(&w2));
-    }
-    Ok(loss)
+    Ok(())
 }

@@ -15,7 +15,7 @@
 //! flat vector and uses matrix products.
 
 mod logreg;
-mod mlp;
+pub(crate) mod mlp;
 
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rand::Rng;
@@ -287,7 +287,7 @@ impl ModelSpec {
         self.check_params(params)?;
         self.check_data(data)?;
         let logits = self.logits(params, data.features.view())?;
-        let (loss_sum, correct) = cross_entropy(&logits, &data.labels);
+        let (loss_sum, correct) = cross_entropy(logits.view(), &data.labels);
         let n = data.len() as f64;
         Ok(EvalMetrics {
             loss: loss_sum / n,
@@ -447,7 +447,7 @@ impl ModelSpec {
 }
 
 /// Index of the largest value (first on ties; NaN never wins).
-fn argmax(row: ArrayView1<f32>) -> usize {
+pub(crate) fn argmax(row: ArrayView1<f32>) -> usize {
     let mut best = (0, f32::NEG_INFINITY);
     for (i, &v) in row.iter().enumerate() {
         if v > best.1 {
@@ -465,7 +465,7 @@ fn log_sum_exp(row: ArrayView1<f32>) -> f32 {
 
 /// Sum of per-row cross-entropy losses (f64) and count of correct arg-max predictions.
 /// Labels are already checked to be `< classes`.
-fn cross_entropy(logits: &Array2<f32>, labels: &[u32]) -> (f64, usize) {
+pub(crate) fn cross_entropy(logits: ArrayView2<f32>, labels: &[u32]) -> (f64, usize) {
     let mut loss = 0.0f64;
     let mut correct = 0usize;
     for (z, &label) in logits.rows().into_iter().zip(labels) {
@@ -481,21 +481,33 @@ fn cross_entropy(logits: &Array2<f32>, labels: &[u32]) -> (f64, usize) {
 /// `(softmax(z) - onehot(y)) / batch`, in place, and returns the mean loss.
 fn softmax_ce_grad(logits: &mut Array2<f32>, labels: &[u32]) -> f64 {
     let batch = labels.len().max(1) as f32;
+    softmax_ce_rows(logits, labels, batch)
+}
+
+/// The one softmax cross-entropy of the crate (models and the vertical objective share it):
+/// turns each row `z` of `logits` into `(softmax(z) - onehot(y)) / divisor` in place,
+/// numerically stable (max-shifted), and returns the mean loss over the rows.
+///
+/// `divisor` is the batch size for the gradient of a mean loss, or 1 for per-sample
+/// gradients. Labels must be `< logits.ncols()` (a larger one contributes no loss term).
+pub(crate) fn softmax_ce_rows(logits: &mut Array2<f32>, labels: &[u32], divisor: f32) -> f64 {
     let mut loss = 0.0f64;
     for (mut row, &label) in logits.rows_mut().into_iter().zip(labels) {
         let y = label as usize;
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let zy = row.get(y).copied();
         row.mapv_inplace(|z| (z - max).exp());
         let sum: f32 = row.sum();
-        if let Some(&ey) = row.get(y) {
-            loss -= f64::from((ey / sum).ln());
+        if let Some(zy) = zy {
+            // log-sum-exp minus z_y, finite even when softmax(z)_y underflows to 0.
+            loss += f64::from(sum.ln() - (zy - max));
         }
-        row.mapv_inplace(|e| e / sum / batch);
+        row.mapv_inplace(|e| e / sum / divisor);
         if let Some(gy) = row.get_mut(y) {
-            *gy -= 1.0 / batch;
+            *gy -= 1.0 / divisor;
         }
     }
-    loss / f64::from(batch)
+    loss / labels.len().max(1) as f64
 }
 
 /// Splits `params` into consecutive blocks of the given lengths, which must add up to its

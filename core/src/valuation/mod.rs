@@ -11,6 +11,7 @@
 //! Estimators evaluate the game only through a [`Metered`] wrapper that memoises,
 //! counts and enforces the hard budget, so no estimator can spend more utility
 //! evaluations than it was given. [`games`] holds closed-form test games.
+//! [`completion`] (low-rank matrix completion) and [`verfedsv`] value vertical federations.
 //!
 //! ```
 //! use fedval_core::valuation::{exact_shapley, games::Glove, Tracked};
@@ -20,6 +21,7 @@
 
 pub mod banzhaf;
 pub mod coalition;
+pub mod completion;
 pub mod exact;
 pub mod game;
 pub mod game_spec;
@@ -34,6 +36,7 @@ pub mod semivalue;
 pub mod stratified;
 pub mod svarm;
 pub mod tmc;
+pub mod verfedsv;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
