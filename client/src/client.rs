@@ -81,6 +81,7 @@ impl FederationClient {
                 enrollment_secret: secret.to_owned(),
                 client_name: name.to_owned(),
                 num_samples,
+                num_features: 0,
             })
             .await?
             .into_inner();

@@ -109,6 +109,7 @@ impl Coordinator for FakeCoordinator {
             return Err(Status::unauthenticated("wrong enrollment secret"));
         }
         Ok(Response::new(v1::EnrollResponse {
+            vertical: None,
             client_id: CLIENT_ID.into(),
             token: TOKEN.into(),
             model: Some(v1::ModelSpec::from(&self.spec)),
@@ -128,6 +129,19 @@ impl Coordinator for FakeCoordinator {
             })),
         };
         next.unwrap_or_else(|| Ok(done())).map(Response::new)
+    }
+
+    type ExchangeEmbeddingsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<v1::GradientMessage, Status>> + Send>,
+    >;
+
+    async fn exchange_embeddings(
+        &self,
+        _req: Request<Streaming<v1::EmbeddingMessage>>,
+    ) -> Result<Response<Self::ExchangeEmbeddingsStream>, Status> {
+        Err(Status::unimplemented(
+            "the fake coordinator serves horizontal tasks only",
+        ))
     }
 
     type DownloadModelStream =

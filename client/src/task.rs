@@ -110,6 +110,11 @@ impl Task {
                 round: r.round,
                 reason: r.reason,
             }),
+            Some(Kind::Embed(e)) => Err(ClientError::Protocol(format!(
+                "embed task for round {}: this is a horizontal node; vertical federations \
+                 need a vertical node",
+                e.round
+            ))),
             None => Err(ClientError::Protocol(
                 "task names no kind (is the server newer than this client?)".into(),
             )),

@@ -371,6 +371,7 @@ impl From<&FederationConfig> for proto::FederationConfig {
             seed: c.seed,
             reputation: c.reputation.as_ref().map(Into::into),
             fair_reward: c.fair_reward.as_ref().map(Into::into),
+            vertical: None,
         }
     }
 }

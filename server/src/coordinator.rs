@@ -60,6 +60,7 @@ impl CoordinatorService {
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ModelChunk, Status>> + Send>>;
+type GradientStream = Pin<Box<dyn Stream<Item = Result<pb::GradientMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
@@ -76,6 +77,7 @@ impl Coordinator for CoordinatorService {
             client_id,
             token,
             model: Some((&fed.config().model).into()),
+            vertical: None,
         }))
     }
 
@@ -106,6 +108,16 @@ impl Coordinator for CoordinatorService {
     }
 
     type DownloadModelStream = ChunkStream;
+    type ExchangeEmbeddingsStream = GradientStream;
+
+    async fn exchange_embeddings(
+        &self,
+        _request: Request<Streaming<pb::EmbeddingMessage>>,
+    ) -> Result<Response<Self::ExchangeEmbeddingsStream>, Status> {
+        Err(Status::unimplemented(
+            "vertical federations are not served yet: ExchangeEmbeddings is not implemented",
+        ))
+    }
 
     async fn download_model(
         &self,

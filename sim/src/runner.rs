@@ -132,6 +132,7 @@ pub fn federation_config(
         seed: config.seed,
         reputation: config.reputation.as_ref().map(Into::into),
         fair_reward: config.fair_reward.as_ref().map(Into::into),
+        vertical: None,
         aggregator: Some(fedval_server::convert::aggregator_to_proto(
             &config.aggregator,
         )),

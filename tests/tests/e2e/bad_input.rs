@@ -19,6 +19,7 @@ async fn enroll(
             enrollment_secret: SECRET.into(),
             client_name: name.into(),
             num_samples: 10,
+            num_features: 0,
         })
         .await
         .expect("enroll")
@@ -109,6 +110,7 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
             enrollment_secret: "guess".into(),
             client_name: "mallory".into(),
             num_samples: 1,
+            num_features: 0,
         })
         .await;
     assert_status(bad_secret, Code::Unauthenticated, "enrollment secret");
@@ -309,6 +311,7 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
             enrollment_secret: SECRET.into(),
             client_name: "x".into(),
             num_samples: 1,
+            num_features: 0,
         })
         .await;
     assert_status(unknown, Code::NotFound, "nope");

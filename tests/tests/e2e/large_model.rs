@@ -38,6 +38,7 @@ async fn fifty_megabyte_update_uploads() {
         aggregator: None,
         reputation: None,
         fair_reward: None,
+        vertical: None,
     };
     let mut admin = admin(&url).await;
     admin

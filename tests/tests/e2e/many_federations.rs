@@ -67,6 +67,7 @@ async fn federations_are_independent_and_can_be_stopped() {
             enrollment_secret: SECRET.into(),
             client_name: "outsider".into(),
             num_samples: 1,
+            num_features: 0,
         })
         .await
         .expect("enroll")
@@ -148,6 +149,7 @@ async fn federations_are_independent_and_can_be_stopped() {
             enrollment_secret: SECRET.into(),
             client_name: "late".into(),
             num_samples: 1,
+            num_features: 0,
         })
         .await
         .expect_err("stopped federations refuse enrollment");

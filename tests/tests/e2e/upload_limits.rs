@@ -31,6 +31,7 @@ async fn unfinished_duplicate_and_oversized_uploads_are_refused() {
             enrollment_secret: SECRET.into(),
             client_name: "slow".into(),
             num_samples: 10,
+            num_features: 0,
         })
         .await
         .expect("enroll")
