@@ -1,8 +1,10 @@
 //! [`FederationClient`]: one node's identity in one federation, and the five Coordinator
 //! calls made as that node.
 //!
-//! The client owns the bearer token and attaches it, with the federation and client ids the
-//! server checks against it, to every call through one helper (`authed`).
+//! The identity lives in a `Session` (shared with the vertical
+//! [`VerticalClient`](crate::VerticalClient)), which owns the bearer token and attaches it,
+//! with the federation and client ids the server checks against it, to every call through
+//! one helper (`authed`).
 //! Tensors are verified on the way in (announced size bounded, chunks in order, SHA-256,
 //! length against the model, finite values) and streamed on the way out from one owned
 //! buffer that each chunk only slices.
@@ -52,28 +54,29 @@ pub struct Heartbeat {
     pub server_time: Duration,
 }
 
-/// A node enrolled in a federation: the gRPC client plus the identity every call carries.
+/// A node's session with a coordinator: the gRPC client plus the identity every call
+/// carries. Shared by the horizontal [`FederationClient`] and the vertical
+/// [`VerticalClient`](crate::VerticalClient), which differ only in what they train.
 #[derive(Clone, Debug)]
-pub struct FederationClient {
-    inner: CoordinatorClient<Channel>,
+pub(crate) struct Session {
+    pub(crate) inner: CoordinatorClient<Channel>,
     federation_id: String,
     client_id: String,
     token: String,
     auth: AsciiMetadataValue,
-    model: ModelSpec,
 }
 
-impl FederationClient {
-    /// Joins `federation_id` with its enrollment secret under the display name `name`,
-    /// announcing `num_samples` local samples; the server answers with this node's id, its
-    /// bearer token (shown once: keep it to [`resume`](Self::resume) later) and the model.
-    pub async fn enroll(
+impl Session {
+    /// Sends the enrollment request (`num_features` is 0 for a horizontal node) and returns
+    /// the session with the server's full answer, which the caller checks for its kind.
+    pub(crate) async fn enroll(
         channel: Channel,
         federation_id: &str,
         secret: &str,
         name: &str,
         num_samples: u64,
-    ) -> Result<Self, ClientError> {
+        num_features: u32,
+    ) -> Result<(Self, v1::EnrollResponse), ClientError> {
         let mut inner = coordinator(channel);
         let resp = inner
             .enroll(v1::EnrollRequest {
@@ -81,28 +84,130 @@ impl FederationClient {
                 enrollment_secret: secret.to_owned(),
                 client_name: name.to_owned(),
                 num_samples,
-                num_features: 0,
+                num_features,
             })
             .await?
             .into_inner();
-        let model = resp
-            .model
-            .as_ref()
-            .ok_or_else(|| ClientError::Protocol("enroll response carries no model spec".into()))
-            .and_then(model_spec_from_proto)?;
         let auth = bearer(&resp.token).map_err(|e| {
             ClientError::Protocol(format!(
                 "server issued a token that is not a valid header: {e}"
             ))
         })?;
-        Ok(Self {
+        let session = Self {
             inner,
             federation_id: federation_id.to_owned(),
-            client_id: resp.client_id,
-            token: resp.token,
+            client_id: resp.client_id.clone(),
+            token: resp.token.clone(),
             auth,
-            model,
+        };
+        Ok((session, resp))
+    }
+
+    /// A session for an identity obtained earlier; nothing is sent.
+    pub(crate) fn resume(
+        channel: Channel,
+        federation_id: &str,
+        client_id: &str,
+        token: &str,
+    ) -> Result<Self, ClientError> {
+        let auth = bearer(token).map_err(|e| {
+            ClientError::InvalidInput(format!("token cannot be sent as a header: {e}"))
+        })?;
+        Ok(Self {
+            inner: coordinator(channel),
+            federation_id: federation_id.to_owned(),
+            client_id: client_id.to_owned(),
+            token: token.to_owned(),
+            auth,
         })
+    }
+
+    /// This node's id in the federation.
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The federation this node belongs to.
+    pub(crate) fn federation_id(&self) -> &str {
+        &self.federation_id
+    }
+
+    /// The bearer token.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The next task, as the server sent it.
+    pub(crate) async fn pull_task(&mut self) -> Result<v1::Task, ClientError> {
+        let mut req = self.authed(v1::PullTaskRequest {
+            federation_id: self.federation_id.clone(),
+            client_id: self.client_id.clone(),
+        });
+        req.set_timeout(CALL_TIMEOUT);
+        Ok(self.inner.pull_task(req).await?.into_inner())
+    }
+
+    /// Tells the server this node is alive; returns the federation's current round.
+    pub(crate) async fn heartbeat(&mut self) -> Result<Heartbeat, ClientError> {
+        let mut req = self.authed(v1::HeartbeatRequest {
+            federation_id: self.federation_id.clone(),
+            client_id: self.client_id.clone(),
+        });
+        req.set_timeout(CALL_TIMEOUT);
+        let resp = self.inner.heartbeat(req).await?.into_inner();
+        Ok(Heartbeat {
+            current_round: resp.current_round,
+            server_time: Duration::from_millis(resp.server_time_ms),
+        })
+    }
+
+    /// Wraps `msg` in a request carrying `authorization: Bearer <token>`.
+    pub(crate) fn authed<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert("authorization", self.auth.clone());
+        req
+    }
+}
+
+/// A node enrolled in a horizontal federation: its [`Session`] plus the model it trains.
+#[derive(Clone, Debug)]
+pub struct FederationClient {
+    session: Session,
+    model: ModelSpec,
+}
+
+impl FederationClient {
+    /// Joins `federation_id` with its enrollment secret under the display name `name`,
+    /// announcing `num_samples` local samples; the server answers with this node's id, its
+    /// bearer token (shown once: keep it to [`resume`](Self::resume) later) and the model.
+    ///
+    /// A vertical federation's answer (a party description, no model) is refused with a
+    /// [`ClientError::Protocol`] naming [`VerticalClient::enroll`](crate::VerticalClient::enroll).
+    pub async fn enroll(
+        channel: Channel,
+        federation_id: &str,
+        secret: &str,
+        name: &str,
+        num_samples: u64,
+    ) -> Result<Self, ClientError> {
+        let (session, resp) =
+            Session::enroll(channel, federation_id, secret, name, num_samples, 0).await?;
+        let model = match (&resp.model, &resp.vertical) {
+            (Some(spec), _) => model_spec_from_proto(spec)?,
+            (None, Some(_)) => {
+                return Err(ClientError::Protocol(format!(
+                    "federation {federation_id:?} is vertical (the enrollment answer describes \
+                     a party, not a model): run a vertical node (VerticalClient::enroll)"
+                )));
+            }
+            (None, None) => {
+                return Err(ClientError::Protocol(
+                    "enroll response carries no model spec".into(),
+                ));
+            }
+        };
+        Ok(Self { session, model })
     }
 
     /// Re-uses an identity obtained by an earlier [`enroll`](Self::enroll) (e.g. after a
@@ -115,32 +220,25 @@ impl FederationClient {
         token: &str,
         model: ModelSpec,
     ) -> Result<Self, ClientError> {
-        let auth = bearer(token).map_err(|e| {
-            ClientError::InvalidInput(format!("token cannot be sent as a header: {e}"))
-        })?;
         Ok(Self {
-            inner: coordinator(channel),
-            federation_id: federation_id.to_owned(),
-            client_id: client_id.to_owned(),
-            token: token.to_owned(),
-            auth,
+            session: Session::resume(channel, federation_id, client_id, token)?,
             model,
         })
     }
 
     /// This node's id in the federation.
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        self.session.client_id()
     }
 
     /// The federation this node belongs to.
     pub fn federation_id(&self) -> &str {
-        &self.federation_id
+        self.session.federation_id()
     }
 
     /// The bearer token (a secret: store it like a password).
     pub fn token(&self) -> &str {
-        &self.token
+        self.session.token()
     }
 
     /// The federation's model architecture.
@@ -150,12 +248,7 @@ impl FederationClient {
 
     /// Asks what to do next: train a round, wait, or stop.
     pub async fn pull_task(&mut self) -> Result<Task, ClientError> {
-        let mut req = self.authed(v1::PullTaskRequest {
-            federation_id: self.federation_id.clone(),
-            client_id: self.client_id.clone(),
-        });
-        req.set_timeout(CALL_TIMEOUT);
-        let task = self.inner.pull_task(req).await?.into_inner();
+        let task = self.session.pull_task().await?;
         Task::from_proto(task, &self.model)
     }
 
@@ -163,12 +256,13 @@ impl FederationClient {
     /// chunks against the announced size, the SHA-256 of the first chunk, the model's
     /// parameter count and finiteness.
     pub async fn download_model(&mut self, version: u64) -> Result<Vec<f32>, ClientError> {
-        let req = self.authed(v1::DownloadModelRequest {
-            federation_id: self.federation_id.clone(),
-            client_id: self.client_id.clone(),
+        let s = &mut self.session;
+        let req = s.authed(v1::DownloadModelRequest {
+            federation_id: s.federation_id.clone(),
+            client_id: s.client_id.clone(),
             model_version: version,
         });
-        let mut stream = self.inner.download_model(req).await?.into_inner();
+        let mut stream = s.inner.download_model(req).await?.into_inner();
         let bad = |what: String| ClientError::Protocol(format!("model version {version}: {what}"));
 
         let first = stream
@@ -257,8 +351,8 @@ impl FederationClient {
         })?;
         let bytes = Bytes::from(to_le_bytes(delta));
         let header = v1::UpdateHeader {
-            federation_id: self.federation_id.clone(),
-            client_id: self.client_id.clone(),
+            federation_id: self.session.federation_id.clone(),
+            client_id: self.session.client_id.clone(),
             round,
             model_version,
             num_samples,
@@ -272,8 +366,8 @@ impl FederationClient {
             total_bytes: bytes.len() as u64,
             sha256: sha256_hex(&bytes),
         };
-        let req = self.authed(upload_stream(header, bytes));
-        let ack = self.inner.upload_update(req).await?.into_inner();
+        let req = self.session.authed(upload_stream(header, bytes));
+        let ack = self.session.inner.upload_update(req).await?.into_inner();
         if ack.round != round {
             return Err(ClientError::Protocol(format!(
                 "upload for round {round} was acknowledged for round {}",
@@ -288,24 +382,7 @@ impl FederationClient {
 
     /// Tells the server this node is alive; returns the federation's current round.
     pub async fn heartbeat(&mut self) -> Result<Heartbeat, ClientError> {
-        let mut req = self.authed(v1::HeartbeatRequest {
-            federation_id: self.federation_id.clone(),
-            client_id: self.client_id.clone(),
-        });
-        req.set_timeout(CALL_TIMEOUT);
-        let resp = self.inner.heartbeat(req).await?.into_inner();
-        Ok(Heartbeat {
-            current_round: resp.current_round,
-            server_time: Duration::from_millis(resp.server_time_ms),
-        })
-    }
-
-    /// Wraps `msg` in a request carrying `authorization: Bearer <token>`.
-    fn authed<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        req.metadata_mut()
-            .insert("authorization", self.auth.clone());
-        req
+        self.session.heartbeat().await
     }
 }
 

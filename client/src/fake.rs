@@ -1,8 +1,10 @@
 //! A scripted in-process Coordinator for the SDK's own tests (compiled only under test).
 //!
 //! It serves the real generated gRPC service on `127.0.0.1:0`, checks the bearer token on
-//! every call, answers `PullTask` and `UploadUpdate` from scripted queues, serves one model
-//! in small chunks (so reassembly across chunks is exercised) and records what it received.
+//! every call, answers `PullTask`, `UploadUpdate` and `ExchangeEmbeddings` from scripted
+//! queues, serves one model and the scripted gradients in small chunks (so reassembly across
+//! chunks is exercised) and records what it received. With [`Script::vertical`] set it
+//! enrolls vertical parties.
 //! The end-to-end tests against the real server live in the `tests/` crate.
 
 use std::collections::VecDeque;
@@ -12,6 +14,7 @@ use fedval_core::model::ModelSpec;
 use fedval_core::tensor::{Reassembler, chunk_ranges, sha256_hex, to_le_bytes};
 use fedval_proto::v1;
 use fedval_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use ndarray::Array2;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -36,6 +39,53 @@ pub struct Script {
     pub uploads: Vec<(v1::UpdateHeader, Vec<u8>)>,
     /// Number of DownloadModel calls.
     pub downloads: usize,
+    /// When set, the federation is vertical: enrollment answers with this party
+    /// description and no model.
+    pub vertical: Option<v1::VerticalParty>,
+    /// Answers to successive ExchangeEmbeddings calls; an empty queue is an error.
+    pub exchanges: VecDeque<ExchangeReply>,
+    /// Headers and bytes of the embeddings received (including exchanges answered with
+    /// an error).
+    pub embeddings: Vec<(v1::EmbeddingHeader, Vec<u8>)>,
+    /// `(name, num_features)` of every enrollment.
+    pub enrollments: Vec<(String, u32)>,
+}
+
+/// One scripted answer to ExchangeEmbeddings.
+pub enum ExchangeReply {
+    /// Stream this header, then `values` in 8-byte chunks.
+    Gradients {
+        /// Sent as is (tests corrupt it on purpose).
+        header: v1::GradientHeader,
+        /// Row-major gradient values.
+        values: Vec<f32>,
+    },
+    /// Fail the call with this status.
+    Fail(Status),
+}
+
+impl ExchangeReply {
+    /// A well-formed answer for `round` carrying `g` (rows x output_dim) and `loss`.
+    pub fn gradients(round: u64, g: &Array2<f32>, loss: f64) -> Self {
+        let values: Vec<f32> = g.iter().copied().collect();
+        let bytes = to_le_bytes(&values);
+        ExchangeReply::Gradients {
+            header: v1::GradientHeader {
+                round,
+                rows: g.nrows() as u32,
+                output_dim: g.ncols() as u32,
+                total_bytes: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+                loss,
+            },
+            values,
+        }
+    }
+
+    /// The answer to an evaluation pass: no rows, only the loss.
+    pub fn evaluation(round: u64, loss: f64) -> Self {
+        Self::gradients(round, &Array2::zeros((0, 0)), loss)
+    }
 }
 
 /// The fake service; clones share one script.
@@ -105,14 +155,22 @@ impl Coordinator for FakeCoordinator {
         &self,
         req: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
-        if req.get_ref().enrollment_secret != "secret" {
+        let req = req.into_inner();
+        if req.enrollment_secret != "secret" {
             return Err(Status::unauthenticated("wrong enrollment secret"));
         }
+        let mut script = self.script();
+        script.enrollments.push((req.client_name, req.num_features));
+        let vertical = script.vertical.clone();
+        let model = match vertical {
+            Some(_) => None,
+            None => Some(v1::ModelSpec::from(&self.spec)),
+        };
         Ok(Response::new(v1::EnrollResponse {
-            vertical: None,
+            vertical,
             client_id: CLIENT_ID.into(),
             token: TOKEN.into(),
-            model: Some(v1::ModelSpec::from(&self.spec)),
+            model,
         }))
     }
 
@@ -137,11 +195,49 @@ impl Coordinator for FakeCoordinator {
 
     async fn exchange_embeddings(
         &self,
-        _req: Request<Streaming<v1::EmbeddingMessage>>,
+        req: Request<Streaming<v1::EmbeddingMessage>>,
     ) -> Result<Response<Self::ExchangeEmbeddingsStream>, Status> {
-        Err(Status::unimplemented(
-            "the fake coordinator serves horizontal tasks only",
-        ))
+        use v1::embedding_message::Kind;
+        check_auth(&req)?;
+        let mut stream = req.into_inner();
+        let Some(v1::EmbeddingMessage {
+            kind: Some(Kind::Header(header)),
+        }) = stream.message().await?
+        else {
+            return Err(Status::invalid_argument("first message must be a header"));
+        };
+        let mut buf = Reassembler::new(header.total_bytes as usize, 1 << 30)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        while let Some(msg) = stream.message().await? {
+            let Some(Kind::Chunk(c)) = msg.kind else {
+                return Err(Status::invalid_argument("expected a chunk"));
+            };
+            buf.push(c.offset, &c.data)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let bytes = buf
+            .finish()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut script = self.script();
+        script.embeddings.push((header, bytes));
+        let (header, values) = match script.exchanges.pop_front() {
+            Some(ExchangeReply::Gradients { header, values }) => (header, values),
+            Some(ExchangeReply::Fail(status)) => return Err(status),
+            None => return Err(Status::internal("the script has no exchange reply left")),
+        };
+        let first = v1::GradientMessage {
+            kind: Some(v1::gradient_message::Kind::Header(header)),
+        };
+        let bytes = to_le_bytes(&values);
+        let chunks = chunk_ranges(bytes.len(), 8).map(|r| v1::GradientMessage {
+            kind: Some(v1::gradient_message::Kind::Chunk(v1::TensorChunk {
+                offset: r.start as u64,
+                data: bytes::Bytes::copy_from_slice(&bytes[r]),
+            })),
+        });
+        let messages: Vec<Result<v1::GradientMessage, Status>> =
+            std::iter::once(first).chain(chunks).map(Ok).collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
     type DownloadModelStream =

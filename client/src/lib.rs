@@ -42,19 +42,51 @@
 //! - [`task`]: typed [`Task`]s and the proto conversions.
 //! - [`trainer`]: the [`Trainer`] hook and [`ModelTrainer`].
 //! - [`run`]: the task loop [`run_node`].
+//! - [`vertical`]: [`VerticalClient`], a party of a vertical federation, and the checked
+//!   embedding/gradient exchange.
+//! - [`party`]: the [`VerticalTrainer`] hook, [`PartyTrainer`] and the party CSV reader.
+//! - [`vertical_run`]: the vertical task loop [`run_vertical_node`].
+//!
+//! # Vertical federations
+//! A vertical party holds some feature columns of samples whose labels only the server
+//! holds (ALGORITHMS.md section 3). It enrolls with [`VerticalClient::enroll`] (announcing
+//! its column count), builds a [`PartyTrainer`] over its block (row `i` is sample id `i`)
+//! and runs [`run_vertical_node`]: embed the ids each task names, exchange the embeddings
+//! for the gradients of the loss, apply them.
+//! ```no_run
+//! use fedval_client::{PartyTrainer, RunOptions, VerticalClient, connect, run_vertical_node};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let block = fedval_client::party::load_party_csv("party.csv".as_ref())?;
+//! let channel = connect("http://127.0.0.1:50051").await?;
+//! let mut client =
+//!     VerticalClient::enroll(channel, "bank", "secret", "party-a", block.ncols() as u32).await?;
+//! let trainer = PartyTrainer::new(client.party(), block)?;
+//! let (trainer, summary) = run_vertical_node(&mut client, trainer, &RunOptions::default()).await?;
+//! println!("{} rounds, last loss {:?}", summary.rounds_trained, summary.last_loss);
+//! # let _ = trainer;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod client;
 pub mod connection;
 pub mod error;
 #[cfg(test)]
 mod fake;
+pub mod party;
 pub mod run;
 pub mod task;
 pub mod trainer;
+pub mod vertical;
+pub mod vertical_run;
 
 pub use client::{FederationClient, Heartbeat, UploadAck};
 pub use connection::connect;
 pub use error::ClientError;
+pub use party::{PartyTrainer, VerticalTrainer};
 pub use run::{EventHook, NodeEvent, RunOptions, RunSummary, run_node};
-pub use task::{Task, TrainParams, TrainTask};
+pub use task::{EmbedTask, Task, TrainParams, TrainTask, VerticalTask};
 pub use trainer::{ModelTrainer, TrainOutput, Trainer, TrainerError};
+pub use vertical::{Gradients, VerticalClient, VerticalParty, VerticalTraining};
+pub use vertical_run::{VerticalSummary, run_vertical_node};

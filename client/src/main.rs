@@ -3,6 +3,11 @@
 //! Loads a local numeric CSV (label in the last column), enrolls in a federation (or resumes
 //! an identity), trains the federation's model on the local data every round it is asked
 //! to, and prints the final global model's metrics on the local data.
+//!
+//! With `--vertical` it runs a party of a vertical federation instead: the CSV holds
+//! `id,features...` (ids `0..N-1` in any order, each once; no label, the server holds the
+//! labels), the node enrolls announcing its column count and embeds, exchanges and applies
+//! gradients until the federation is done.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +15,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use fedval_client::{FederationClient, ModelTrainer, NodeEvent, RunOptions, connect, run_node};
+use fedval_client::party::load_party_csv;
+use fedval_client::{
+    FederationClient, ModelTrainer, NodeEvent, PartyTrainer, RunOptions, VerticalClient,
+    VerticalTraining, connect, run_node, run_vertical_node,
+};
 use fedval_core::data::{Dataset, Standardizer, load_csv};
 use fedval_core::model::ModelSpec;
 
@@ -30,9 +39,13 @@ struct Args {
     /// This node's name, unique in the federation.
     #[arg(long, required_unless_present = "token")]
     name: Option<String>,
-    /// Local data: numeric CSV (optionally .gz), label in the last column.
+    /// Local data: numeric CSV (optionally .gz), label in the last column; with
+    /// --vertical, `id,features...` (ids 0..N-1, each once).
     #[arg(long)]
     data: PathBuf,
+    /// Run a party of a vertical federation on a CSV of `id,features...`.
+    #[arg(long, conflicts_with_all = ["client_id", "standardize"])]
+    vertical: bool,
     /// Z-score the features of the local data before training.
     #[arg(long)]
     standardize: bool,
@@ -74,6 +87,9 @@ fn main() -> ExitCode {
 
 /// Loads the data, joins the federation and runs the node to the end.
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.vertical {
+        return run_vertical(&args).await;
+    }
     let data = load_data(&args)?;
     let channel = connect(&args.server).await?;
     let mut client = match (&args.client_id, &args.token, &args.model) {
@@ -132,6 +148,58 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--vertical`: loads the party's block, enrolls with its column count and runs the
+/// vertical task loop.
+async fn run_vertical(args: &Args) -> anyhow::Result<()> {
+    let block = load_party_csv(&args.data)
+        .with_context(|| format!("party data {}", args.data.display()))?;
+    println!(
+        "loaded {}: {} samples, {} features",
+        args.data.display(),
+        block.nrows(),
+        block.ncols()
+    );
+    let (Some(secret), Some(name)) = (&args.secret, &args.name) else {
+        bail!("--secret and --name are needed to enroll a vertical party");
+    };
+    let num_features = u32::try_from(block.ncols()).context("too many feature columns")?;
+    let channel = connect(&args.server).await?;
+    let mut client = VerticalClient::enroll(channel, &args.federation, secret, name, num_features)
+        .await
+        .with_context(|| format!("cannot enroll in federation {:?}", args.federation))?;
+    let party = client.party().clone();
+    println!(
+        "enrolled in {} as party {}: {} embedding, {} outputs, {} training",
+        args.federation,
+        client.client_id(),
+        match party.hidden {
+            0 => "linear".to_string(),
+            h => format!("mlp ({h} hidden)"),
+        },
+        party.output_dim,
+        match party.training {
+            VerticalTraining::Sync => "synchronous",
+            VerticalTraining::Async => "asynchronous",
+        }
+    );
+    let trainer = PartyTrainer::new(&party, block)
+        .with_context(|| format!("party data {} is unusable", args.data.display()))?;
+    let opts = RunOptions {
+        on_event: Some(Arc::new(print_event)),
+        ..RunOptions::default()
+    };
+    let (_, summary) = run_vertical_node(&mut client, trainer, &opts).await?;
+    let loss = |l: Option<f64>| l.map_or("n/a".to_string(), |l| format!("{l:.4}"));
+    println!(
+        "vertical federation done ({}): {} rounds trained, last batch loss {}, evaluation loss {}",
+        summary.reason,
+        summary.rounds_trained,
+        loss(summary.last_loss),
+        loss(summary.eval_loss)
+    );
+    Ok(())
+}
+
 /// Loads the CSV and standardises it when asked.
 fn load_data(args: &Args) -> anyhow::Result<Dataset> {
     let mut data = load_csv(&args.data)?;
@@ -158,6 +226,20 @@ fn print_event(event: NodeEvent) {
             println!("round {round}: update refused by the server: {reason}")
         }
         NodeEvent::Waiting { .. } => {}
+        NodeEvent::Exchanged {
+            round,
+            loss,
+            evaluate_only,
+        } => {
+            if evaluate_only {
+                println!("evaluation: loss={loss:.4}");
+            } else {
+                println!("round {round}: gradients applied (batch loss={loss:.4})");
+            }
+        }
+        NodeEvent::ExchangeRejected { round, reason } => {
+            println!("round {round}: embeddings refused by the server: {reason}")
+        }
         NodeEvent::Done {
             final_model_version,
         } => {

@@ -61,6 +61,24 @@ pub enum NodeEvent {
         /// Version of the final global model.
         final_model_version: u64,
     },
+    /// Vertical party: the server answered the embeddings of `round` (the gradients were
+    /// applied unless it was the evaluation pass).
+    Exchanged {
+        /// The round (synchronous) or step (asynchronous).
+        round: u64,
+        /// The server's mean loss of the batch.
+        loss: f64,
+        /// True for the evaluation pass over held-out ids.
+        evaluate_only: bool,
+    },
+    /// Vertical party: the server refused the embeddings of `round` because the round had
+    /// closed; the party carries on.
+    ExchangeRejected {
+        /// The round.
+        round: u64,
+        /// The server's reason.
+        reason: String,
+    },
 }
 
 /// Callback receiving [`NodeEvent`]s.
@@ -108,7 +126,7 @@ impl fmt::Debug for RunOptions {
 
 impl RunOptions {
     /// Hands `event` to the observer, if any.
-    fn emit(&self, event: NodeEvent) {
+    pub(crate) fn emit(&self, event: NodeEvent) {
         if let Some(hook) = &self.on_event {
             hook(event);
         }
@@ -231,7 +249,11 @@ async fn finish<T: Trainer>(
 ///
 /// Each attempt works on a clone of the client (cheap: channels are shared), which keeps
 /// the futures `Send` so nodes can run on spawned tasks.
-async fn retry<R, F, Fut>(opts: &RunOptions, what: &str, mut call: F) -> Result<R, ClientError>
+pub(crate) async fn retry<R, F, Fut>(
+    opts: &RunOptions,
+    what: &str,
+    mut call: F,
+) -> Result<R, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<R, ClientError>>,
@@ -344,8 +366,9 @@ async fn upload(
     }
 }
 
-/// Runs `f` on the trainer on a blocking thread and gives the trainer back.
-async fn blocking<T: Trainer, R: Send + 'static>(
+/// Runs `f` on the trainer (horizontal or vertical) on a blocking thread and gives the
+/// trainer back.
+pub(crate) async fn blocking<T: Send + 'static, R: Send + 'static>(
     trainer: T,
     f: impl FnOnce(&mut T) -> Result<R, TrainerError> + Send + 'static,
 ) -> Result<(T, R), ClientError> {
@@ -356,7 +379,7 @@ async fn blocking<T: Trainer, R: Send + 'static>(
 type Returned<T, R> = (T, Result<R, TrainerError>);
 
 /// Moves the trainer onto a blocking thread to run `f`.
-fn spawn<T: Trainer, R: Send + 'static>(
+fn spawn<T: Send + 'static, R: Send + 'static>(
     mut trainer: T,
     f: impl FnOnce(&mut T) -> Result<R, TrainerError> + Send + 'static,
 ) -> JoinHandle<Returned<T, R>> {

@@ -3,6 +3,10 @@
 //!
 //! The conversion also checks what the proto cannot: a task names exactly one kind, and a
 //! model spec names a known architecture with non-zero sizes.
+//!
+//! Horizontal nodes convert with [`Task::from_proto`], which refuses embed tasks; vertical
+//! nodes with [`VerticalTask::from_proto`], which refuses train tasks. Either way a node
+//! enrolled in the wrong kind of federation stops with a message saying so.
 
 use std::time::Duration;
 
@@ -159,6 +163,132 @@ impl From<Task> for v1::Task {
     }
 }
 
+/// The next thing a vertical party should do, mirrored from `fedval.v1.Task`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VerticalTask {
+    /// Embed samples, exchange the embeddings for gradients, apply them.
+    Embed(EmbedTask),
+    /// Nothing to do yet; ask again after `retry_after`.
+    Wait {
+        /// Suggested delay before the next pull.
+        retry_after: Duration,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The federation has finished.
+    Done {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The server removed this party: it takes no further part.
+    Removed {
+        /// The round in which it was removed.
+        round: u64,
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// Embed `sample_ids` with the current local model, exchange the embeddings for the
+/// gradients of the loss, then apply them (unless `evaluate_only`), mirrored from
+/// `fedval.v1.EmbedTask`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbedTask {
+    /// Synchronous training: the round; asynchronous: this party's step number.
+    pub round: u64,
+    /// The samples to embed (rows of the party's feature block), in the order the
+    /// embeddings and the gradients travel.
+    pub sample_ids: Vec<u32>,
+    /// Embedding width.
+    pub output_dim: usize,
+    /// The evaluation pass over held-out ids: no gradients come back and the local model
+    /// must not change.
+    pub evaluate_only: bool,
+    /// Time left, when the task was pulled, before the server closes the round.
+    pub deadline: Duration,
+}
+
+impl VerticalTask {
+    /// Converts a task from the wire for a party whose embeddings have `output_dim`
+    /// outputs (from enrollment). Refuses a train task (this is a vertical node), an embed
+    /// task with no samples and one whose width differs from `output_dim`.
+    pub fn from_proto(task: v1::Task, output_dim: usize) -> Result<Self, ClientError> {
+        use v1::task::Kind;
+        match task.kind {
+            Some(Kind::Embed(e)) => {
+                if e.sample_ids.is_empty() {
+                    return Err(ClientError::Protocol(format!(
+                        "embed task for round {} names no samples",
+                        e.round
+                    )));
+                }
+                if e.output_dim as usize != output_dim {
+                    return Err(ClientError::Protocol(format!(
+                        "embed task for round {} asks for {} outputs but the party was \
+                         enrolled with {output_dim}",
+                        e.round, e.output_dim
+                    )));
+                }
+                Ok(VerticalTask::Embed(EmbedTask {
+                    round: e.round,
+                    sample_ids: e.sample_ids,
+                    output_dim,
+                    evaluate_only: e.evaluate_only,
+                    deadline: Duration::from_millis(e.deadline_ms),
+                }))
+            }
+            Some(Kind::Wait(w)) => Ok(VerticalTask::Wait {
+                retry_after: Duration::from_millis(w.retry_after_ms),
+                reason: w.reason,
+            }),
+            Some(Kind::Done(d)) => Ok(VerticalTask::Done { reason: d.reason }),
+            Some(Kind::Removed(r)) => Ok(VerticalTask::Removed {
+                round: r.round,
+                reason: r.reason,
+            }),
+            Some(Kind::Train(t)) => Err(ClientError::Protocol(format!(
+                "train task for round {}: this is a vertical node; horizontal federations \
+                 need a horizontal node",
+                t.round
+            ))),
+            None => Err(ClientError::Protocol(
+                "task names no kind (is the server newer than this client?)".into(),
+            )),
+        }
+    }
+}
+
+impl From<VerticalTask> for v1::Task {
+    /// The wire form of a vertical task (used by tests and by anyone faking a coordinator).
+    fn from(task: VerticalTask) -> Self {
+        use v1::task::Kind;
+        let kind = match task {
+            VerticalTask::Embed(e) => Kind::Embed(v1::EmbedTask {
+                round: e.round,
+                sample_ids: e.sample_ids,
+                output_dim: u32::try_from(e.output_dim).unwrap_or(u32::MAX),
+                evaluate_only: e.evaluate_only,
+                deadline_ms: u64::try_from(e.deadline.as_millis()).unwrap_or(u64::MAX),
+            }),
+            VerticalTask::Wait {
+                retry_after,
+                reason,
+            } => Kind::Wait(v1::WaitTask {
+                retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                reason,
+            }),
+            VerticalTask::Done { reason } => Kind::Done(v1::DoneTask {
+                final_model_version: 0,
+                reason,
+            }),
+            VerticalTask::Removed { round, reason } => {
+                Kind::Removed(v1::RemovedTask { round, reason })
+            }
+        };
+        v1::Task { kind: Some(kind) }
+    }
+}
+
 /// Converts a model spec from the wire (through `fedval_proto::convert`), refusing a
 /// missing kind and invalid dimensions as a protocol error: the server sent it.
 pub fn model_spec_from_proto(spec: &v1::ModelSpec) -> Result<ModelSpec, ClientError> {
@@ -290,6 +420,83 @@ mod tests {
             err.to_string(),
             "protocol error: train task for round 4 carries no training params"
         );
+    }
+
+    fn embed(round: u64, ids: Vec<u32>, evaluate_only: bool) -> EmbedTask {
+        EmbedTask {
+            round,
+            sample_ids: ids,
+            output_dim: 3,
+            evaluate_only,
+            deadline: Duration::from_millis(900),
+        }
+    }
+
+    #[test]
+    fn vertical_tasks_round_trip_and_horizontal_nodes_refuse_them() {
+        let tasks = [
+            VerticalTask::Embed(embed(4, vec![7, 0, 3], false)),
+            VerticalTask::Embed(embed(9, vec![1], true)),
+            VerticalTask::Wait {
+                retry_after: Duration::from_millis(20),
+                reason: "waiting for parties".into(),
+            },
+            VerticalTask::Done {
+                reason: "all rounds done".into(),
+            },
+            VerticalTask::Removed {
+                round: 2,
+                reason: "gone".into(),
+            },
+        ];
+        for task in tasks {
+            let wire = v1::Task::from(task.clone());
+            assert_eq!(VerticalTask::from_proto(wire, 3).unwrap(), task);
+        }
+        let wire = v1::Task::from(VerticalTask::Embed(embed(4, vec![1], false)));
+        let err = Task::from_proto(wire, &mlp()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "protocol error: embed task for round 4: this is a horizontal node; vertical \
+             federations need a vertical node"
+        );
+    }
+
+    #[test]
+    fn vertical_nodes_refuse_train_tasks_and_malformed_embed_tasks() {
+        let train = v1::Task::from(Task::Train(TrainTask {
+            round: 5,
+            model_version: 4,
+            params: TrainParams {
+                local_epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.1,
+                seed: 0,
+            },
+            deadline: Duration::ZERO,
+            model: logreg(),
+        }));
+        let err = VerticalTask::from_proto(train, 3).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "protocol error: train task for round 5: this is a vertical node; horizontal \
+             federations need a horizontal node"
+        );
+        let empty = v1::Task::from(VerticalTask::Embed(embed(6, vec![], false)));
+        let err = VerticalTask::from_proto(empty, 3).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "protocol error: embed task for round 6 names no samples"
+        );
+        let wide = v1::Task::from(VerticalTask::Embed(embed(7, vec![0], false)));
+        let err = VerticalTask::from_proto(wide, 10).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("asks for 3 outputs but the party was enrolled with 10"),
+            "{err}"
+        );
+        let err = VerticalTask::from_proto(v1::Task { kind: None }, 3).unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `fedval-client` binary as a separate process against a real server: two nodes
-//! on local CSV files complete a federation; a wrong secret fails with a clear message.
+//! on local CSV files complete a federation; a wrong secret fails with a clear message;
+//! two `--vertical` parties on `id,features...` CSVs complete a vertical federation.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -148,6 +149,127 @@ async fn two_node_processes_complete_a_federation() {
     for r in &rounds {
         assert_eq!(r.participants.len(), 2);
         assert_eq!(r.valuation_status, "done");
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Writes `block` as a party CSV with a header and the ids in reverse order (any order is
+/// valid; each row is found by its id).
+fn write_party_csv(path: &Path, block: &ndarray::Array2<f32>) {
+    let mut text = String::from("id,features\n");
+    for (id, row) in block.rows().into_iter().enumerate().rev() {
+        let fields: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        text.push_str(&format!("{id},{}\n", fields.join(",")));
+    }
+    std::fs::write(path, text).expect("write party csv");
+}
+
+/// Runs the node binary in vertical mode to completion.
+async fn party(url: &str, name: &str, csv: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fedval-client"));
+    command
+        .args([
+            "--server",
+            url,
+            "--federation",
+            "iris-v",
+            "--secret",
+            "v-secret",
+            "--name",
+            name,
+            "--vertical",
+            "--data",
+        ])
+        .arg(csv);
+    tokio::task::spawn_blocking(move || command.output().expect("the binary starts"))
+        .await
+        .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vertical_party_processes_complete_a_vertical_federation() {
+    let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let server = RunningServer::start(addr, ServerSettings::new(Store::memory(), ADMIN))
+        .await
+        .expect("server");
+    let url = server.url();
+    let iris = builtin::iris();
+    let split = fedval_core::vertical::ColumnSplit::contiguous(4, 2).expect("split");
+    let blocks = split.project_all(&iris).expect("blocks");
+    let test_ids: Vec<u32> = (0..iris.len() as u32).filter(|i| i % 5 == 0).collect();
+    let channel = fedval_client::connect(&url).await.expect("connect");
+    let token: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {ADMIN}").parse().expect("ascii");
+    let mut admin = AdminClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", token.clone());
+        Ok(r)
+    });
+    admin
+        .create_federation(pb::CreateFederationRequest {
+            config: Some(pb::FederationConfig {
+                id: "iris-v".into(),
+                enrollment_secret: "v-secret".into(),
+                rounds: 5,
+                min_clients: 2,
+                round_timeout_ms: 30_000,
+                seed: 3,
+                vertical: Some(pb::VerticalConfig {
+                    objective: "classification".into(),
+                    num_classes: 3,
+                    labels: iris.labels.clone(),
+                    test_ids,
+                    batch_size: 16,
+                    learning_rate: 0.1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (csv_a, csv_b) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+    write_party_csv(&csv_a, &blocks[0]);
+    write_party_csv(&csv_b, &blocks[1]);
+
+    // A CSV with a repeated id is refused before anything is sent, naming the line.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "0,1.0\n0,2.0\n").expect("write");
+    let out = party(&url, "bad", &bad).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2: sample id 0 already appeared on line 1"),
+        "stderr: {stderr}"
+    );
+
+    let (out_a, out_b) = tokio::join!(
+        party(&url, "party-a", &csv_a),
+        party(&url, "party-b", &csv_b)
+    );
+    for out in [&out_a, &out_b] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "stdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("2 features"), "stdout: {stdout}");
+        assert!(stdout.contains("5 rounds trained"), "stdout: {stdout}");
+        assert!(stdout.contains("evaluation loss"), "stdout: {stdout}");
+    }
+    let rounds = admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation_id: "iris-v".into(),
+        })
+        .await
+        .expect("rounds")
+        .into_inner()
+        .rounds;
+    assert_eq!(rounds.len(), 5);
+    for r in &rounds {
+        assert_eq!(r.participants.len(), 2);
     }
     server.shutdown().await.expect("shutdown");
 }

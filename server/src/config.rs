@@ -16,6 +16,11 @@ use fedval_core::reputation::{FairRewardConfig, RfflConfig};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
+pub use crate::vertical::settings::{
+    MAX_VERTICAL_CLASSES, MAX_VERTICAL_PARTIES, MAX_VERTICAL_SAMPLES, VerticalObjective,
+    VerticalSettings, VerticalTraining,
+};
+
 /// Longest federation id, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 /// Longest enrollment secret, in bytes.
@@ -69,8 +74,11 @@ pub struct FederationConfig {
     pub id: String,
     /// Secret a client must present to enroll (non-empty, at most 256 bytes).
     pub enrollment_secret: String,
-    /// The model architecture every client trains.
-    pub model: ModelSpec,
+    /// The model architecture every client trains (horizontal federations: required;
+    /// vertical federations: unset, the parties build their embedding models from
+    /// `vertical`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
     /// Number of rounds to run (1 to 100 000).
     pub rounds: u64,
     /// Clients that must be enrolled before the first round starts (at least 1).
@@ -117,6 +125,13 @@ pub struct FederationConfig {
     /// enroll. See `fair_reward` (the server module) for the exact semantics.
     #[serde(default)]
     pub fair_reward: Option<FairRewardSettings>,
+    /// Vertical federated learning (`vertical = { objective = "classification", ... }`,
+    /// ALGORITHMS.md section 3); `None` (the default) is a horizontal federation. When set,
+    /// `model`, `validation`, `reputation` and `fair_reward` must be unset,
+    /// `clients_per_round` must be 0, `min_clients` is the number of parties and `rounds`
+    /// the number of synchronous rounds; see [`VerticalSettings`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertical: Option<VerticalSettings>,
 }
 
 /// Settings of the fair yet asymptotically equal reward policy (Lin et al. 2023,
@@ -587,6 +602,17 @@ impl FederationConfig {
         }
     }
 
+    /// The model of a horizontal federation; an error naming `model` when it is unset
+    /// (a vertical federation, or a configuration that was not validated).
+    pub fn horizontal_model(&self) -> Result<&ModelSpec, ConfigError> {
+        self.model.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "model",
+                "unset: only horizontal federations train a shared model",
+            )
+        })
+    }
+
     /// Checks every field; the first problem found is returned, naming its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_id(&self.id)?;
@@ -605,9 +631,6 @@ impl FederationConfig {
                 ),
             ));
         }
-        self.model
-            .validate()
-            .map_err(|e| ConfigError::new("model", e.to_string()))?;
         check_range("rounds", self.rounds, 1, MAX_ROUNDS)?;
         // Both counts travel as uint32 on the wire.
         let wire_max = u32::MAX as usize;
@@ -619,8 +642,21 @@ impl FederationConfig {
             MIN_ROUND_TIMEOUT_MS,
             MAX_ROUND_TIMEOUT_MS,
         )?;
-        self.validate_training()?;
         self.validate_valuation()?;
+        if let Some(v) = &self.vertical {
+            return self.validate_vertical(v);
+        }
+        let model = self.model.as_ref().ok_or_else(|| {
+            ConfigError::new(
+                "model",
+                "missing: a horizontal federation needs `model = { kind = ... }` \
+                 (or set `vertical` for a vertical federation)",
+            )
+        })?;
+        model
+            .validate()
+            .map_err(|e| ConfigError::new("model", e.to_string()))?;
+        self.validate_training()?;
         self.validate_aggregator()?;
         if let Some(r) = &self.reputation {
             r.validate()?;
@@ -637,7 +673,7 @@ impl FederationConfig {
             f.validate(self.min_clients)?;
         }
         match &self.validation {
-            Some(v) => validate_validation(v, &self.model),
+            Some(v) => validate_validation(v, model),
             None if self.valuation.method != ValuationMethod::None => Err(ConfigError::new(
                 "validation",
                 "a validation set is required to value contributions; \
@@ -645,6 +681,53 @@ impl FederationConfig {
             )),
             None => Ok(()),
         }
+    }
+
+    /// The rules of a vertical federation: the horizontal-only fields are unset, every
+    /// party takes part in every round, and the [`VerticalSettings`] are valid for
+    /// `rounds` rounds and `min_clients` parties.
+    fn validate_vertical(&self, v: &VerticalSettings) -> Result<(), ConfigError> {
+        let unused = |field: &str, what: &str| {
+            ConfigError::new(
+                field,
+                format!("must be unset in a vertical federation ({what}); remove it"),
+            )
+        };
+        if self.model.is_some() {
+            return Err(unused(
+                "model",
+                "the parties build their embedding models from `vertical`",
+            ));
+        }
+        if self.validation.is_some() {
+            return Err(unused(
+                "validation",
+                "the server holds the labels in `vertical.labels`/`vertical.targets` and \
+                 evaluates on `vertical.test_ids`",
+            ));
+        }
+        if self.reputation.is_some() {
+            return Err(unused(
+                "reputation",
+                "RFFL reputations apply to horizontal federations only",
+            ));
+        }
+        if self.fair_reward.is_some() {
+            return Err(unused(
+                "fair_reward",
+                "the fair reward policy applies to horizontal federations only",
+            ));
+        }
+        if self.clients_per_round != 0 {
+            return Err(ConfigError::new(
+                "clients_per_round",
+                format!(
+                    "must be 0 in a vertical federation (every party embeds every batch), got {}",
+                    self.clients_per_round
+                ),
+            ));
+        }
+        v.validate(self.rounds, self.min_clients)
     }
 
     fn validate_training(&self) -> Result<(), ConfigError> {
@@ -1071,10 +1154,10 @@ mod tests {
         FederationConfig {
             id: "fed-1".into(),
             enrollment_secret: "secret".into(),
-            model: ModelSpec::LogisticRegression {
+            model: Some(ModelSpec::LogisticRegression {
                 num_features: 2,
                 num_classes: 3,
-            },
+            }),
             rounds: 5,
             min_clients: 2,
             clients_per_round: 0,
@@ -1090,7 +1173,134 @@ mod tests {
             seed: 0,
             reputation: None,
             fair_reward: None,
+            vertical: None,
         }
+    }
+
+    /// A valid vertical federation: 10 samples, 3 classes, 2 parties, 2 held out.
+    fn vertical() -> FederationConfig {
+        FederationConfig {
+            model: None,
+            validation: None,
+            vertical: Some(VerticalSettings {
+                test_ids: vec![0, 9],
+                ..VerticalSettings::classification(3, vec![0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+            }),
+            ..valid()
+        }
+    }
+
+    #[test]
+    fn vertical_toml_parses_with_defaults() {
+        let cfg: FederationConfig = toml::from_str(
+            r#"
+            id = "v"
+            enrollment_secret = "s"
+            rounds = 50
+            min_clients = 3
+            vertical = { objective = "classification", num_classes = 2, labels = [0, 1, 1, 0], test_ids = [3], learning_rate = 0.05 }
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(cfg.model, None);
+        let v = cfg.vertical.as_ref().expect("vertical");
+        assert_eq!(v.batch_size, 32);
+        assert_eq!(v.learning_rate, 0.05);
+        assert_eq!(v.training, VerticalTraining::Sync);
+        assert_eq!((v.completion_rank, v.completion_lambda), (3, 0.1));
+        assert_eq!(v.train_ids(), vec![0, 1, 2]);
+        assert_eq!(v.output_dim(), 2);
+        assert_eq!(cfg.validate(), Ok(()));
+        // TOML written back parses to the same configuration.
+        let text = toml::to_string(&cfg).expect("serialises");
+        assert_eq!(toml::from_str::<FederationConfig>(&text), Ok(cfg));
+    }
+
+    #[test]
+    fn each_invalid_vertical_field_is_named() {
+        type Edit = fn(&mut FederationConfig, &mut VerticalSettings);
+        let cases: Vec<(&str, &str, Edit)> = vec![
+            ("vertical.training", "not served", |_, v| {
+                v.training = VerticalTraining::Async
+            }),
+            ("min_clients", "between 1 and 64", |c, _| c.min_clients = 65),
+            ("vertical.num_classes", "between 2 and", |_, v| {
+                v.num_classes = 1
+            }),
+            ("vertical.labels[4]", "is 7", |_, v| v.labels[4] = 7),
+            ("vertical.labels", "1 to 1000000", |_, v| v.labels.clear()),
+            ("vertical.targets", "must be empty", |_, v| {
+                v.targets = vec![1.0]
+            }),
+            ("vertical.targets[1]", "finite", |_, v| {
+                v.objective = VerticalObjective::Regression;
+                v.num_classes = 0;
+                v.labels.clear();
+                v.targets = vec![0.0, f32::NAN];
+            }),
+            ("vertical.num_classes", "classification only", |_, v| {
+                v.objective = VerticalObjective::Regression;
+                v.labels.clear();
+                v.targets = vec![0.0];
+            }),
+            ("vertical.test_ids[1]", "0..10", |_, v| v.test_ids[1] = 10),
+            ("vertical.test_ids[1]", "distinct", |_, v| v.test_ids[1] = 0),
+            ("vertical.test_ids", "left for training", |_, v| {
+                v.test_ids = (0..10).collect()
+            }),
+            ("vertical.batch_size", "between 1", |_, v| v.batch_size = 0),
+            ("vertical.batch_size", "between 1", |_, v| {
+                v.batch_size = 70_000
+            }),
+            ("vertical.learning_rate", "> 0", |_, v| {
+                v.learning_rate = 0.0
+            }),
+            ("vertical.learning_rate", "> 0", |_, v| {
+                v.learning_rate = f32::INFINITY
+            }),
+            ("vertical.l2", ">= 0", |_, v| v.l2 = -1.0),
+            ("vertical.hidden", "4096", |_, v| v.hidden = 5000),
+            ("vertical.snapshot_every", "at least 1", |_, v| {
+                v.snapshot_every = 0
+            }),
+            ("vertical.completion_rank", "between 1", |_, v| {
+                v.completion_rank = 0
+            }),
+            ("vertical.completion_lambda", "> 0", |_, v| {
+                v.completion_lambda = f64::NAN
+            }),
+            ("rounds", "embedding values", |c, v| {
+                c.rounds = 100_000;
+                v.labels = vec![0; 100_000];
+            }),
+            ("model", "must be unset", |c, _| c.model = valid().model),
+            ("validation", "must be unset", |c, _| {
+                c.validation = valid().validation
+            }),
+            ("reputation", "must be unset", |c, _| {
+                c.reputation = Some(RfflSettings::with_gamma(0.5))
+            }),
+            ("fair_reward", "must be unset", |c, _| {
+                c.fair_reward = Some(FairRewardSettings::default())
+            }),
+            ("clients_per_round", "must be 0", |c, _| {
+                c.clients_per_round = 1
+            }),
+        ];
+        for (field, reason, edit) in cases {
+            let mut cfg = vertical();
+            let mut v = cfg.vertical.take().expect("vertical");
+            edit(&mut cfg, &mut v);
+            cfg.vertical = Some(v);
+            let err = cfg.validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.reason.contains(reason), "{field}: {err}");
+        }
+        assert_eq!(vertical().validate(), Ok(()));
+        let mut horizontal = valid();
+        horizontal.model = None;
+        let err = horizontal.validate().expect_err("needs a model");
+        assert_eq!(err.field, "model");
     }
 
     fn write_temp(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -1114,10 +1324,10 @@ mod tests {
             vec![FederationConfig {
                 id: "iris-demo".into(),
                 enrollment_secret: "s3cret".into(),
-                model: ModelSpec::LogisticRegression {
+                model: Some(ModelSpec::LogisticRegression {
                     num_features: 2,
                     num_classes: 3
-                },
+                }),
                 rounds: 10,
                 min_clients: 3,
                 clients_per_round: 2,
@@ -1145,6 +1355,7 @@ mod tests {
                 seed: 7,
                 reputation: None,
                 fair_reward: None,
+                vertical: None,
             }]
         );
     }
@@ -1363,10 +1574,10 @@ mod tests {
                 c.enrollment_secret = "s".repeat(257)
             }),
             ("model", |c| {
-                c.model = ModelSpec::LogisticRegression {
+                c.model = Some(ModelSpec::LogisticRegression {
                     num_features: 0,
                     num_classes: 3,
-                }
+                })
             }),
             ("rounds", |c| c.rounds = 0),
             ("rounds", |c| c.rounds = MAX_ROUNDS + 1),

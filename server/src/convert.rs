@@ -14,8 +14,11 @@
 //! zero. A missing `reputation` message means RFFL is off, a missing `fair_reward` message
 //! means the fair reward policy is off; their unset optional fields take the paper's
 //! defaults (and an unset `fair_reward.window`/`seed` stays unset: window `2 n + 1`, the
-//! federation's seed). Every valid configuration survives config -> proto -> config
-//! unchanged.
+//! federation's seed). A missing `model` is accepted only with a `vertical` message (a
+//! vertical federation has no shared model); in `vertical`, an empty `training` means
+//! "sync", and zero `batch_size`, `learning_rate`, `snapshot_every`, `completion_rank`
+//! and `completion_lambda` mean their defaults. Every valid configuration survives
+//! config -> proto -> config unchanged.
 
 use bytes::Bytes;
 use fedval_core::aggregate::AggregatorSpec;
@@ -25,6 +28,7 @@ use fedval_proto::v1 as proto;
 use crate::config::{
     ConfigError, DEFAULT_ROUND_TIMEOUT_MS, FairRewardSettings, FederationConfig, RfflSettings,
     TrainingParams, UtilityMetric, ValidationData, ValuationConfig, ValuationMethod,
+    VerticalObjective, VerticalSettings, VerticalTraining,
 };
 
 /// Narrows a count to the wire's `uint32`, saturating (validated configs always fit).
@@ -267,7 +271,11 @@ impl TryFrom<proto::FederationConfig> for FederationConfig {
 
     /// Decodes a wire configuration; call [`FederationConfig::validate`] afterwards.
     fn try_from(p: proto::FederationConfig) -> Result<Self, ConfigError> {
-        let model = model_from_proto(p.model.as_ref())?;
+        let vertical = p.vertical.as_ref().map(TryInto::try_into).transpose()?;
+        let model = match (&p.model, &vertical) {
+            (None, Some(_)) => None,
+            (model, _) => Some(model_from_proto(model.as_ref())?),
+        };
         Ok(Self {
             id: p.id,
             enrollment_secret: p.enrollment_secret,
@@ -293,7 +301,71 @@ impl TryFrom<proto::FederationConfig> for FederationConfig {
             seed: p.seed,
             reputation: p.reputation.as_ref().map(Into::into),
             fair_reward: p.fair_reward.as_ref().map(Into::into),
+            vertical,
         })
+    }
+}
+
+impl TryFrom<&proto::VerticalConfig> for VerticalSettings {
+    type Error = ConfigError;
+
+    /// Decodes the wire's `VerticalConfig`; proto3 zeros take the defaults (module docs).
+    fn try_from(p: &proto::VerticalConfig) -> Result<Self, ConfigError> {
+        let objective = if p.objective.is_empty() {
+            return Err(ConfigError::new(
+                "vertical.objective",
+                "missing: set \"classification\" or \"regression\"",
+            ));
+        } else {
+            parse_choice(
+                "vertical.objective",
+                &p.objective,
+                &VerticalObjective::ALL,
+                VerticalObjective::Classification,
+            )?
+        };
+        let d = VerticalSettings::classification(0, Vec::new());
+        Ok(Self {
+            objective,
+            num_classes: p.num_classes,
+            labels: p.labels.clone(),
+            targets: p.targets.clone(),
+            test_ids: p.test_ids.clone(),
+            training: parse_choice(
+                "vertical.training",
+                &p.training,
+                &VerticalTraining::ALL,
+                VerticalTraining::Sync,
+            )?,
+            batch_size: or_default(p.batch_size, d.batch_size),
+            learning_rate: or_default(p.learning_rate, d.learning_rate),
+            l2: p.l2,
+            hidden: p.hidden,
+            snapshot_every: or_default(p.snapshot_every, d.snapshot_every),
+            completion_rank: or_default(p.completion_rank, d.completion_rank),
+            completion_lambda: or_default(p.completion_lambda, d.completion_lambda),
+        })
+    }
+}
+
+impl From<&VerticalSettings> for proto::VerticalConfig {
+    /// Every field set explicitly.
+    fn from(v: &VerticalSettings) -> Self {
+        Self {
+            objective: v.objective.as_str().into(),
+            num_classes: v.num_classes,
+            labels: v.labels.clone(),
+            targets: v.targets.clone(),
+            test_ids: v.test_ids.clone(),
+            training: v.training.as_str().into(),
+            batch_size: v.batch_size,
+            learning_rate: v.learning_rate,
+            l2: v.l2,
+            hidden: v.hidden,
+            snapshot_every: v.snapshot_every,
+            completion_rank: v.completion_rank,
+            completion_lambda: v.completion_lambda,
+        }
     }
 }
 
@@ -359,7 +431,7 @@ impl From<&FederationConfig> for proto::FederationConfig {
         Self {
             id: c.id.clone(),
             enrollment_secret: c.enrollment_secret.clone(),
-            model: Some((&c.model).into()),
+            model: c.model.as_ref().map(Into::into),
             rounds: to_u32(c.rounds),
             min_clients: to_u32(c.min_clients),
             clients_per_round: to_u32(c.clients_per_round),
@@ -371,19 +443,26 @@ impl From<&FederationConfig> for proto::FederationConfig {
             seed: c.seed,
             reputation: c.reputation.as_ref().map(Into::into),
             fair_reward: c.fair_reward.as_ref().map(Into::into),
-            vertical: None,
+            vertical: c.vertical.as_ref().map(Into::into),
         }
     }
 }
 
 /// The wire form for listings: without the enrollment secret (which only clients need)
-/// and without the validation data (which can be megabytes).
+/// and without the validation data or a vertical federation's labels, targets and test
+/// ids (which can be megabytes).
 pub fn config_summary_proto(c: &FederationConfig) -> proto::FederationConfig {
-    proto::FederationConfig {
+    let mut summary = proto::FederationConfig {
         enrollment_secret: String::new(),
         validation: None,
         ..c.into()
+    };
+    if let Some(v) = summary.vertical.as_mut() {
+        v.labels.clear();
+        v.targets.clear();
+        v.test_ids.clear();
     }
+    summary
 }
 
 #[cfg(test)]
@@ -394,11 +473,11 @@ mod tests {
         FederationConfig {
             id: "fed".into(),
             enrollment_secret: "s".into(),
-            model: ModelSpec::Mlp {
+            model: Some(ModelSpec::Mlp {
                 num_features: 2,
                 hidden: 5,
                 num_classes: 3,
-            },
+            }),
             rounds: 7,
             min_clients: 2,
             clients_per_round: 4,
@@ -441,16 +520,17 @@ mod tests {
                 keep_own_update: false,
             }),
             fair_reward: None,
+            vertical: None,
         }
     }
 
     #[test]
     fn config_proto_config_is_identity() {
         let logreg = FederationConfig {
-            model: ModelSpec::LogisticRegression {
+            model: Some(ModelSpec::LogisticRegression {
                 num_features: 2,
                 num_classes: 3,
-            },
+            }),
             valuation: ValuationConfig::default(),
             ..full()
         };
@@ -467,6 +547,79 @@ mod tests {
             let wire = proto::FederationConfig::from(&cfg);
             assert_eq!(FederationConfig::try_from(wire), Ok(cfg));
         }
+    }
+
+    /// A valid vertical federation over 6 samples and 2 parties.
+    fn vertical() -> FederationConfig {
+        FederationConfig {
+            model: None,
+            validation: None,
+            reputation: None,
+            fair_reward: None,
+            clients_per_round: 0,
+            min_clients: 2,
+            vertical: Some(VerticalSettings {
+                test_ids: vec![5, 1],
+                hidden: 4,
+                l2: 0.01,
+                completion_rank: 2,
+                ..VerticalSettings::classification(3, vec![0, 1, 2, 2, 1, 0])
+            }),
+            ..full()
+        }
+    }
+
+    #[test]
+    fn vertical_round_trips_and_zeros_take_defaults() {
+        let cfg = vertical();
+        assert_eq!(cfg.validate(), Ok(()));
+        let wire = proto::FederationConfig::from(&cfg);
+        assert_eq!(wire.model, None);
+        assert_eq!(FederationConfig::try_from(wire.clone()), Ok(cfg.clone()));
+        // Listings leave the labels and test ids out.
+        let summary = config_summary_proto(&cfg).vertical.expect("vertical");
+        assert!(summary.labels.is_empty() && summary.test_ids.is_empty());
+        assert_eq!(summary.num_classes, 3);
+
+        let minimal = proto::VerticalConfig {
+            objective: "regression".into(),
+            targets: vec![0.5, -1.0],
+            ..Default::default()
+        };
+        let settings = VerticalSettings::try_from(&minimal).expect("decodes");
+        assert_eq!(settings.training, VerticalTraining::Sync);
+        assert_eq!(settings.batch_size, 32);
+        assert_eq!(settings.learning_rate, 0.1);
+        assert_eq!(settings.snapshot_every, 10);
+        assert_eq!(settings.completion_rank, 3);
+        assert_eq!(settings.completion_lambda, 0.1);
+        for (bad, field) in [
+            (proto::VerticalConfig::default(), "vertical.objective"),
+            (
+                proto::VerticalConfig {
+                    objective: "ranking".into(),
+                    ..minimal.clone()
+                },
+                "vertical.objective",
+            ),
+            (
+                proto::VerticalConfig {
+                    training: "eventually".into(),
+                    ..minimal.clone()
+                },
+                "vertical.training",
+            ),
+        ] {
+            let err = VerticalSettings::try_from(&bad).expect_err("refused");
+            assert_eq!(err.field, field, "{err}");
+        }
+        // A horizontal federation still needs its model.
+        let err = FederationConfig::try_from(proto::FederationConfig {
+            vertical: None,
+            ..wire
+        })
+        .expect_err("no model");
+        assert_eq!(err.field, "model");
     }
 
     #[test]
@@ -700,7 +853,7 @@ mod tests {
         assert_eq!(summary.enrollment_secret, "");
         assert_eq!(summary.validation, None);
         assert_eq!(summary.id, "fed");
-        assert_eq!(summary.model, Some((&full().model).into()));
+        assert_eq!(summary.model, full().model.as_ref().map(Into::into));
         assert_eq!(summary.training, Some((&full().training).into()));
     }
 

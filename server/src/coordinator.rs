@@ -14,12 +14,15 @@ use fedval_core::tensor::{self, Reassembler};
 use fedval_proto::v1 as pb;
 use fedval_proto::v1::coordinator_server::Coordinator;
 use futures::Stream;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Federation, NextTask, UploadClaim};
 use crate::registry::Registry;
+use crate::vertical::exchange::CLOSE_GRACE;
+use crate::vertical::{Admission, EmbeddingClaim, MAX_EMBEDDING_ABS};
 
 /// Largest model chunk the service sends: well under the 8 MiB clients decode.
 pub const MAX_CHUNK_BYTES: usize = 4 << 20;
@@ -71,13 +74,26 @@ impl Coordinator for CoordinatorService {
         let req = request.into_inner();
         let fed = self.registry.get(&req.federation_id)?;
         let (client_id, token) = fed
-            .enroll(&req.enrollment_secret, &req.client_name, req.num_samples)
+            .enroll(
+                &req.enrollment_secret,
+                &req.client_name,
+                req.num_samples,
+                req.num_features,
+            )
             .await?;
+        let config = fed.config();
         Ok(Response::new(pb::EnrollResponse {
             client_id,
             token,
-            model: Some((&fed.config().model).into()),
-            vertical: None,
+            model: config.model.as_ref().map(Into::into),
+            vertical: config.vertical.as_ref().map(|v| pb::VerticalParty {
+                output_dim: u32::try_from(v.output_dim()).unwrap_or(u32::MAX),
+                hidden: v.hidden,
+                learning_rate: v.learning_rate,
+                l2: v.l2,
+                seed: config.seed,
+                training: v.training.as_str().into(),
+            }),
         }))
     }
 
@@ -112,11 +128,95 @@ impl Coordinator for CoordinatorService {
 
     async fn exchange_embeddings(
         &self,
-        _request: Request<Streaming<pb::EmbeddingMessage>>,
+        request: Request<Streaming<pb::EmbeddingMessage>>,
     ) -> Result<Response<Self::ExchangeEmbeddingsStream>, Status> {
-        Err(Status::unimplemented(
-            "vertical federations are not served yet: ExchangeEmbeddings is not implemented",
-        ))
+        let token = auth::bearer_from_metadata(request.metadata())
+            .map_err(ServiceError::from)?
+            .to_string();
+        let mut stream = request.into_inner();
+        let first = tokio::time::timeout(HEADER_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| {
+                ServiceError::InvalidArgument(format!(
+                    "no EmbeddingHeader within {} s of opening the exchange; send the header first",
+                    HEADER_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(stream_error)?;
+        let header = match first {
+            Some(pb::EmbeddingMessage {
+                kind: Some(pb::embedding_message::Kind::Header(h)),
+            }) => h,
+            _ => {
+                return Err(ServiceError::InvalidArgument(
+                    "an exchange must start with an EmbeddingHeader message".into(),
+                )
+                .into());
+            }
+        };
+        let fed = self.registry.get(&header.federation_id)?;
+        fed.authenticate(&token, &header.client_id).await?;
+        let claim = EmbeddingClaim {
+            round: header.round,
+            rows: header.rows,
+            output_dim: header.output_dim,
+            total_bytes: header.total_bytes,
+            sha256: header.sha256.to_ascii_lowercase(),
+        };
+        let admission = fed.admit_embeddings(&claim).await?;
+        let (expected, deadline) = match admission {
+            Admission::Open {
+                expected_bytes,
+                deadline,
+            } => (expected_bytes, deadline),
+            Admission::Replay { expected_bytes } => (expected_bytes, Instant::now() + CLOSE_GRACE),
+        };
+        // One transfer per client at a time, and none outliving its round.
+        let slot = fed.begin_upload(&header.client_id)?;
+        let bytes = tokio::time::timeout_at(
+            deadline,
+            receive_chunks(&mut stream, expected, |m: pb::EmbeddingMessage| match m.kind {
+                Some(pb::embedding_message::Kind::Chunk(c)) => Some(c),
+                _ => None,
+            }),
+        )
+        .await
+        .map_err(|_| {
+            ServiceError::FailedPrecondition(format!(
+                "round {} closed before the embeddings arrived (its deadline passed); they were not accepted",
+                claim.round
+            ))
+        })??;
+        drop(slot);
+        let values = checked_embeddings(&bytes, &claim.sha256)?;
+        if let Admission::Open { .. } = admission {
+            fed.accept_embeddings(&header.client_id, claim.round, values)
+                .await?;
+        }
+        let reply = fed
+            .gradient_reply(&header.client_id, claim.round, deadline + CLOSE_GRACE)
+            .await?;
+        let mut messages = vec![Ok(pb::GradientMessage {
+            kind: Some(pb::gradient_message::Kind::Header(pb::GradientHeader {
+                round: reply.round,
+                rows: reply.rows,
+                output_dim: reply.output_dim,
+                total_bytes: reply.bytes.len() as u64,
+                sha256: reply.sha256.clone(),
+                loss: reply.loss,
+            })),
+        })];
+        messages.extend(
+            tensor::chunk_ranges(reply.bytes.len(), self.chunk_bytes).map(|range| {
+                Ok(pb::GradientMessage {
+                    kind: Some(pb::gradient_message::Kind::Chunk(pb::TensorChunk {
+                        offset: range.start as u64,
+                        data: reply.bytes.slice(range),
+                    })),
+                })
+            }),
+        );
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
     async fn download_model(
@@ -214,7 +314,14 @@ impl Coordinator for CoordinatorService {
         let _slot = fed.begin_upload(&header.client_id)?;
         let bytes = tokio::time::timeout_at(
             admitted.deadline,
-            receive_tensor(&mut stream, admitted.expected_bytes),
+            receive_chunks(
+                &mut stream,
+                admitted.expected_bytes,
+                |m: pb::UploadMessage| match m.kind {
+                    Some(pb::upload_message::Kind::Chunk(c)) => Some(c),
+                    _ => None,
+                },
+            ),
         )
         .await
         .map_err(|_| {
@@ -256,26 +363,49 @@ impl Coordinator for CoordinatorService {
     }
 }
 
-/// Receives the chunks that follow an upload's header, in order, into `expected` bytes.
-async fn receive_tensor(
-    stream: &mut Streaming<pb::UploadMessage>,
+/// Receives the chunks that follow a header (an upload's or an exchange's), in order,
+/// into `expected` bytes; `chunk_of` extracts a message's chunk (`None`: not a chunk).
+async fn receive_chunks<M>(
+    stream: &mut Streaming<M>,
     expected: usize,
+    chunk_of: impl Fn(M) -> Option<pb::TensorChunk>,
 ) -> Result<Vec<u8>, Status> {
     let mut data = Reassembler::new(expected, expected).map_err(ServiceError::from)?;
     while let Some(msg) = stream.message().await.map_err(stream_error)? {
-        match msg.kind {
-            Some(pb::upload_message::Kind::Chunk(c)) => {
-                data.push(c.offset, &c.data).map_err(ServiceError::from)?
-            }
-            _ => {
+        match chunk_of(msg) {
+            Some(c) => data.push(c.offset, &c.data).map_err(ServiceError::from)?,
+            None => {
                 return Err(ServiceError::InvalidArgument(
-                    "only TensorChunk messages may follow the UpdateHeader".into(),
+                    "only TensorChunk messages may follow the header".into(),
                 )
                 .into());
             }
         }
     }
     Ok(data.finish().map_err(ServiceError::from)?)
+}
+
+/// Decodes received embedding bytes after checking their checksum, finiteness and
+/// magnitude (at most [`MAX_EMBEDDING_ABS`]).
+fn checked_embeddings(bytes: &[u8], sha256: &str) -> ServiceResult<Vec<f32>> {
+    let digest = tensor::sha256_hex(bytes);
+    if digest != sha256 {
+        return Err(ServiceError::InvalidArgument(format!(
+            "checksum mismatch: the header says sha256 {sha256}, the received bytes hash to {digest}; the embeddings were corrupted or truncated, send them again"
+        )));
+    }
+    let values = tensor::from_le_bytes(bytes)?;
+    tensor::check_finite(&values)?;
+    if let Some((i, v)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.abs() > MAX_EMBEDDING_ABS)
+    {
+        return Err(ServiceError::InvalidArgument(format!(
+            "embedding value {v} at index {i} exceeds the accepted magnitude {MAX_EMBEDDING_ABS}; lower the learning rate or rescale the features"
+        )));
+    }
+    Ok(values)
 }
 
 /// A failure reading the upload stream; an oversized message (tonic's OUT_OF_RANGE)
@@ -311,7 +441,7 @@ fn task_to_proto(fed: &Federation, task: NextTask) -> pb::Task {
                 seed: config.training.seed,
             }),
             deadline_ms,
-            model: Some((&config.model).into()),
+            model: config.model.as_ref().map(Into::into),
         }),
         NextTask::Wait { reason } => Kind::Wait(pb::WaitTask {
             retry_after_ms: 50,
@@ -325,6 +455,21 @@ fn task_to_proto(fed: &Federation, task: NextTask) -> pb::Task {
             reason,
         }),
         NextTask::Removed { round, reason } => Kind::Removed(pb::RemovedTask { round, reason }),
+        NextTask::Embed {
+            round,
+            sample_ids,
+            evaluate_only,
+            deadline_ms,
+        } => Kind::Embed(pb::EmbedTask {
+            round,
+            sample_ids: sample_ids.to_vec(),
+            output_dim: config
+                .vertical
+                .as_ref()
+                .map_or(0, |v| u32::try_from(v.output_dim()).unwrap_or(u32::MAX)),
+            evaluate_only,
+            deadline_ms,
+        }),
     };
     pb::Task { kind: Some(kind) }
 }

@@ -108,6 +108,14 @@ pub enum NextTask {
     },
     /// RFFL removed this client in `round`; it takes no further part.
     Removed { round: u64, reason: String },
+    /// Vertical federations: embed `sample_ids` and exchange the embeddings for round
+    /// `round` (`evaluate_only`: the evaluation pass, no gradients come back).
+    Embed {
+        round: u64,
+        sample_ids: Arc<Vec<u32>>,
+        evaluate_only: bool,
+        deadline_ms: u64,
+    },
 }
 
 /// What an upload header claims, before its data arrives.
@@ -194,6 +202,9 @@ pub(crate) struct FedState {
     /// Committed rounds whose valuation is not recorded yet, oldest first, with their
     /// inputs when still in memory (`None` after a restart: the worker reloads them).
     pub pending_valuation: BTreeMap<u64, Option<ValuationJob>>,
+    /// Vertical federations: the open pass and the answers of closed ones (unused in a
+    /// horizontal federation).
+    pub vertical: crate::vertical::VerticalState,
 }
 
 impl FedState {
@@ -281,6 +292,8 @@ pub(crate) struct ValuationJob {
 pub struct Federation {
     config: FederationConfig,
     validation: Option<Arc<Dataset>>,
+    /// Vertical federations: the label holder's objective and training ids.
+    vertical: Option<Arc<crate::vertical::VerticalSpec>>,
     store: Store,
     pub(crate) state: Mutex<FedState>,
     /// Clients with an upload in progress (see [`UploadSlot`]).
@@ -301,7 +314,12 @@ impl Federation {
     /// Validates `config`, persists the new federation with its initial model, and returns it.
     pub fn create(config: FederationConfig, store: Store) -> ServiceResult<Arc<Self>> {
         config.validate()?;
-        let params = config.model.init_params(config.seed);
+        // A vertical federation's "model" is the server's bias, zero at first.
+        let params = match (&config.vertical, &config.model) {
+            (Some(v), _) => vec![0.0; v.output_dim()],
+            (None, Some(model)) => model.init_params(config.seed),
+            (None, None) => Vec::new(),
+        };
         let record = FederationRecord {
             config: config.clone(),
             status: FederationStatus::Waiting,
@@ -359,10 +377,15 @@ impl Federation {
         personal: HashMap<String, Arc<GlobalModel>>,
     ) -> ServiceResult<Arc<Self>> {
         let config = record.config.clone();
-        let validation = match &config.validation {
-            Some(v) => Some(Arc::new(v.to_dataset(config.model.num_classes())?)),
-            None => None,
+        let validation = match (&config.validation, &config.model) {
+            (Some(v), Some(model)) => Some(Arc::new(v.to_dataset(model.num_classes())?)),
+            _ => None,
         };
+        let vertical = config
+            .vertical
+            .as_ref()
+            .map(|v| crate::vertical::VerticalSpec::new(v).map(Arc::new))
+            .transpose()?;
         let by_id = clients
             .iter()
             .enumerate()
@@ -373,6 +396,7 @@ impl Federation {
         Ok(Arc::new(Federation {
             config,
             validation,
+            vertical,
             store,
             state: Mutex::new(FedState {
                 record,
@@ -383,6 +407,7 @@ impl Federation {
                 round: None,
                 loop_error: None,
                 pending_valuation,
+                vertical: Default::default(),
             }),
             uploading: std::sync::Mutex::new(HashSet::new()),
             changed,
@@ -398,6 +423,11 @@ impl Federation {
     /// The federation's id.
     pub fn id(&self) -> &str {
         &self.config.id
+    }
+
+    /// Vertical federations: the objective and training ids; `None` when horizontal.
+    pub fn vertical(&self) -> Option<&Arc<crate::vertical::VerticalSpec>> {
+        self.vertical.as_ref()
     }
 
     /// The server-side validation set, if configured.
@@ -461,11 +491,14 @@ impl Federation {
     }
 
     /// Enrolls a client with the federation's secret; returns its id and bearer token.
+    /// `num_features` is a vertical party's column count (ignored by horizontal
+    /// federations).
     pub async fn enroll(
         &self,
         secret: &str,
         name: &str,
         num_samples: u64,
+        num_features: u32,
     ) -> ServiceResult<(String, String)> {
         let expected = auth::hash_token(&self.config.enrollment_secret);
         let given = auth::hash_token(secret);
@@ -507,6 +540,9 @@ impl Federation {
                 "a client named `{name}` is already enrolled in federation `{}`; choose another name",
                 self.config.id
             )));
+        }
+        if self.vertical.is_some() {
+            crate::vertical::check_enrollment(&self.config, &st, num_features)?;
         }
         if let Some(policy) = self.config.reward_policy()
             && (st.round.is_some() || st.record.committed_rounds > 0)
@@ -587,6 +623,9 @@ impl Federation {
                 };
             }
             FederationStatus::Waiting | FederationStatus::Running => {}
+        }
+        if self.vertical.is_some() {
+            return crate::vertical::next_task(&self.config, &st, client_id);
         }
         if let Some(round) = st.removed_in(client_id) {
             return NextTask::Removed {
@@ -712,11 +751,17 @@ impl Federation {
         client_id: &str,
         claim: &UploadClaim,
     ) -> ServiceResult<AdmittedClaim> {
-        let expected = self.config.model.num_params().saturating_mul(4);
+        let Some(model) = self.config.model.as_ref() else {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "federation `{}` is vertical: parties send embeddings with ExchangeEmbeddings, not model updates",
+                self.config.id
+            )));
+        };
+        let expected = model.num_params().saturating_mul(4);
         if claim.total_bytes != expected as u64 {
             return Err(ServiceError::InvalidArgument(format!(
                 "wrong tensor length: the model has {} parameters ({expected} bytes), the header declares {} bytes",
-                self.config.model.num_params(),
+                model.num_params(),
                 claim.total_bytes
             )));
         }
@@ -1062,7 +1107,7 @@ pub(crate) mod tests {
     /// A federation of `rounds` rounds with one enrolled client whose round 1 is open.
     pub(crate) async fn open_federation(store: Store, rounds: u64) -> (Arc<Federation>, String) {
         let fed = Federation::create(config(rounds), store).expect("created");
-        let (client, _token) = fed.enroll("s", "alice", 10).await.expect("enrolled");
+        let (client, _token) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
         let mut st = fed.state.lock().await;
         let selected = fed.select(&st.clients, 1);
         st.round = Some(OpenRound {
@@ -1131,7 +1176,7 @@ pub(crate) mod tests {
         let mut cfg = config(3);
         cfg.reputation = Some(crate::config::RfflSettings::with_gamma(1.0));
         let fed = Federation::create(cfg, Store::memory()).expect("created");
-        let (alice, _) = fed.enroll("s", "alice", 10).await.expect("enrolled");
+        let (alice, _) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
         // Before any round every client owns the initial model.
         let own = fed.model_for(&alice, 0).await.expect("own model");
         assert_eq!(own.params, fed.model(0).await.expect("global").params);
@@ -1143,7 +1188,7 @@ pub(crate) mod tests {
             deadline_wall_ms: now_ms() + 600_000,
             closed: false,
         });
-        let err = fed.enroll("s", "bob", 10).await.expect_err("refused");
+        let err = fed.enroll("s", "bob", 10, 0).await.expect_err("refused");
         assert!(
             matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("takes no new clients once round 1 has opened")),
             "{err}"
@@ -1158,10 +1203,10 @@ pub(crate) mod tests {
             ..Default::default()
         });
         let fed = Federation::create(cfg, Store::memory()).expect("created");
-        let (alice, _) = fed.enroll("s", "alice", 10).await.expect("enrolled");
-        fed.enroll("s", "bob", 10).await.expect("enrolled");
+        let (alice, _) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
+        fed.enroll("s", "bob", 10, 0).await.expect("enrolled");
         // A window of 3 rounds takes at most 2 clients.
-        let err = fed.enroll("s", "carol", 10).await.expect_err("window");
+        let err = fed.enroll("s", "carol", 10, 0).await.expect_err("window");
         assert!(
             matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("takes at most 2 clients")),
             "{err}"
@@ -1172,7 +1217,7 @@ pub(crate) mod tests {
         let mut cfg = config(3);
         cfg.fair_reward = Some(crate::config::FairRewardSettings::default());
         let open = Federation::create(cfg, Store::memory()).expect("created");
-        let (alice, _) = open.enroll("s", "alice", 10).await.expect("enrolled");
+        let (alice, _) = open.enroll("s", "alice", 10, 0).await.expect("enrolled");
         open.state.lock().await.round = Some(OpenRound {
             number: 1,
             selected: BTreeSet::from([alice.clone()]),
@@ -1181,7 +1226,7 @@ pub(crate) mod tests {
             deadline_wall_ms: now_ms() + 600_000,
             closed: false,
         });
-        let err = open.enroll("s", "late", 10).await.expect_err("refused");
+        let err = open.enroll("s", "late", 10, 0).await.expect_err("refused");
         assert!(
             matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("uses fair yet asymptotically equal rewards") && m.contains("takes no new clients once round 1 has opened")),
             "{err}"

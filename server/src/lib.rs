@@ -21,6 +21,8 @@
 //!   receives the newest global model.
 //! - [`round_value`]: valuation of a committed round (the estimator the config picks).
 //! - `valuation_worker`: values committed rounds behind the round loop.
+//! - [`vertical`]: vertical federations (the server holds the labels, parties exchange
+//!   embeddings for gradients): settings, round arithmetic, the pass driver, VerFedSV.
 //! - [`registry`]: the federations of a server and their loops.
 //! - [`coordinator`], [`admin`]: the gRPC services.
 //! - [`error`]: domain errors and their one mapping onto gRPC statuses.
@@ -42,6 +44,7 @@ mod round_loop;
 pub mod round_value;
 pub mod store;
 mod valuation_worker;
+pub mod vertical;
 
 use std::future::Future;
 use std::net::SocketAddr;

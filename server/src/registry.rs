@@ -83,16 +83,19 @@ impl Registry {
 
     fn insert(&self, fed: Arc<Federation>) {
         let round_loop = tokio::spawn(round_loop::run(fed.clone(), self.shutdown.subscribe()));
-        let valuation = tokio::spawn(valuation_worker::run(
-            fed.clone(),
-            self.shutdown.subscribe(),
-        ));
+        // A vertical federation's driver values the run itself (`vertical::value`).
+        let valuation = fed.vertical().is_none().then(|| {
+            tokio::spawn(valuation_worker::run(
+                fed.clone(),
+                self.shutdown.subscribe(),
+            ))
+        });
         // A poisoned lock only means a panic elsewhere; the collections stay consistent,
         // and skipping the insert would leave a running loop nobody can reach.
         self.loops
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .extend([round_loop, valuation]);
+            .extend(std::iter::once(round_loop).chain(valuation));
         self.federations
             .write()
             .unwrap_or_else(PoisonError::into_inner)

@@ -107,7 +107,8 @@ fn push_validation(
 ) -> ServiceResult<()> {
     if let Some(data) = validation {
         let m = config
-            .model
+            .horizontal_model()
+            .map_err(|e| ServiceError::Internal(format!("validation: {e}")))?
             .evaluate(params, data)
             .map_err(|e| ServiceError::Internal(format!("validation: {e}")))?;
         metrics.push(("val_loss".into(), m.loss));
@@ -206,7 +207,10 @@ pub fn close_rffl_round(
     let outcome = state
         .step(&settings.to_core(), &views, &participating)
         .map_err(internal)?;
-    let layers = config.model.layers();
+    let layers = config
+        .horizontal_model()
+        .map_err(|e| ServiceError::Internal(format!("round {round}: {e}")))?
+        .layers();
     let keep_own = settings.keep_own_update;
     let mut personal = Vec::with_capacity(updates.len());
     for (i, (client_id, own)) in inputs.clients.iter().enumerate() {

@@ -44,12 +44,18 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between two attempts of a failing step.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Runs `fed`'s rounds until it finishes, is stopped, or `shutdown` turns true.
+/// Runs `fed`'s rounds (a vertical federation's passes: `vertical::driver`) until it
+/// finishes, is stopped, or `shutdown` turns true.
 ///
 /// The loop runs on its own task so that even a panic is logged and shown as the
 /// federation's error instead of vanishing; aborting this future aborts that task.
 pub(crate) async fn run(fed: Arc<Federation>, shutdown: watch::Receiver<bool>) {
-    let mut inner = AbortOnDrop(tokio::spawn(drive(fed.clone(), shutdown)));
+    let task = if fed.vertical().is_some() {
+        tokio::spawn(crate::vertical::driver::drive(fed.clone(), shutdown))
+    } else {
+        tokio::spawn(drive(fed.clone(), shutdown))
+    };
+    let mut inner = AbortOnDrop(task);
     if let Err(e) = (&mut inner.0).await
         && e.is_panic()
     {
@@ -581,7 +587,7 @@ mod tests {
         rounds: u64,
     ) -> (Arc<Federation>, String, watch::Sender<bool>, JoinHandle<()>) {
         let fed = Federation::create(config(rounds), store).expect("created");
-        let (client, _) = fed.enroll("s", "alice", 10).await.expect("enrolled");
+        let (client, _) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
         let (stop_tx, stop_rx) = watch::channel(false);
         let handle = tokio::spawn(run(fed.clone(), stop_rx));
         (fed, client, stop_tx, handle)
@@ -696,11 +702,12 @@ mod tests {
         let mut cfg = config(12);
         cfg.min_clients = 5;
         // 93 parameters: enough dimensions for noise to be nearly orthogonal.
-        cfg.model = fedval_core::model::ModelSpec::LogisticRegression {
+        let model = fedval_core::model::ModelSpec::LogisticRegression {
             num_features: 30,
             num_classes: 3,
         };
-        let dim = cfg.model.num_params();
+        let dim = model.num_params();
+        cfg.model = Some(model);
         cfg.reputation = Some(crate::config::RfflSettings {
             warm_up_rounds: 3,
             ..crate::config::RfflSettings::with_gamma(1.0)
@@ -710,7 +717,7 @@ mod tests {
         let fed = Federation::create(cfg, store.clone()).expect("created");
         let mut ids = Vec::new();
         for name in ["h0", "h1", "h2", "h3", "noisy"] {
-            ids.push(fed.enroll("s", name, 10).await.expect("enrolled").0);
+            ids.push(fed.enroll("s", name, 10, 0).await.expect("enrolled").0);
         }
         let noisy = ids[4].clone();
         let mut events = fed.subscribe_events();
@@ -878,7 +885,7 @@ mod tests {
         let fed = Federation::create(cfg, store).expect("created");
         let mut ids = Vec::new();
         for name in ["a", "b", "c"] {
-            ids.push(fed.enroll("s", name, 10).await.expect("enrolled").0);
+            ids.push(fed.enroll("s", name, 10, 0).await.expect("enrolled").0);
         }
         (fed, ids)
     }

@@ -88,7 +88,11 @@ pub fn value_round(
 ) {
     let started = Instant::now();
     let n = updates.len();
-    let (Some(data), Some(spec)) = (validation, choose_estimator(&config.valuation, n)) else {
+    let (Some(data), Some(spec), Some(model)) = (
+        validation,
+        choose_estimator(&config.valuation, n),
+        config.model.as_ref(),
+    ) else {
         record.valuation_status = ValuationStatus::Skipped;
         record.valuation_method = "none".into();
         return;
@@ -105,24 +109,23 @@ pub fn value_round(
         .collect();
     let threads = valuation_threads(v);
     record.valuation_method = spec.name();
-    let result =
-        RoundGame::new(&config.model, global, deltas, weights, data, utility).and_then(|game| {
-            let mut game = game.with_threads(threads);
-            let full = game.value(&Coalition::full(n));
-            let empty = game.value(&Coalition::empty(n));
-            let valuation = match spec {
-                // Building each coalition from scratch but in parallel beats the sequential
-                // Gray-code sweep once one evaluation costs more than one vector addition.
-                EstimatorSpec::Exact if threads > 1 => exact_shapley_batched(&mut game),
-                _ => {
-                    let mut rng = ChaCha8Rng::seed_from_u64(
-                        v.seed ^ record.round.wrapping_mul(0xA076_1D64_78BD_642F),
-                    );
-                    spec.estimate(v.budget, &mut game, &mut rng)
-                }
-            }?;
-            Ok::<(f64, f64, Valuation), ValuationError>((full, empty, valuation))
-        });
+    let result = RoundGame::new(model, global, deltas, weights, data, utility).and_then(|game| {
+        let mut game = game.with_threads(threads);
+        let full = game.value(&Coalition::full(n));
+        let empty = game.value(&Coalition::empty(n));
+        let valuation = match spec {
+            // Building each coalition from scratch but in parallel beats the sequential
+            // Gray-code sweep once one evaluation costs more than one vector addition.
+            EstimatorSpec::Exact if threads > 1 => exact_shapley_batched(&mut game),
+            _ => {
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    v.seed ^ record.round.wrapping_mul(0xA076_1D64_78BD_642F),
+                );
+                spec.estimate(v.budget, &mut game, &mut rng)
+            }
+        }?;
+        Ok::<(f64, f64, Valuation), ValuationError>((full, empty, valuation))
+    });
     record.valuation_ms = started.elapsed().as_millis() as u64;
     match result {
         Ok((full, empty, valuation)) => {

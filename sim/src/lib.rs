@@ -9,6 +9,8 @@
 //! - [`attack_table`]: every shipped attack scenario against every defence, over seeds.
 //! - [`metrics`]: standalone accuracy, fairness, honest accuracy, attack success.
 //! - [`runner`]: starts the server, creates the federation, runs the clients.
+//! - [`vertical`]: the same for a vertical scenario (a `[vertical]` table): column
+//!   split, parties, VerFedSV values, vertical vs centralised test accuracy.
 //! - [`report`]: the final table and the files: JSON, CSV and `report.html`.
 //! - [`plot`]: the inline SVG line and bar charts of `report.html`.
 //! - [`export`]: the scenario's data as CSV files plus a server settings file, to run
@@ -24,10 +26,11 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod setup;
+pub mod vertical;
 
 pub use report::Report;
 pub use runner::{SimOptions, run};
-pub use scenario::{Adversaries, Behaviour, SimConfig};
+pub use scenario::{Adversaries, Behaviour, PartyBehaviour, SimConfig, VerticalSim};
 
 use std::path::PathBuf;
 

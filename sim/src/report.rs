@@ -2,6 +2,11 @@
 //! the output directory (`report.json`, `rounds.csv`, `clients.csv`, `values.csv`, and
 //! `report.html`: one self-contained page with the run's summary, inline SVG charts of
 //! accuracy, loss and contributions drawn by [`crate::plot`], and the per-client table).
+//!
+//! A vertical run ([`crate::vertical`]) fills the same report: one [`ClientRow`] per party
+//! (with its column count, its VerFedSV value as `shapley`) and a [`VerticalOutcome`]
+//! with the training loss, the balance figures and the vertical-vs-centralised test
+//! accuracy, shown in the table, the summary and the page.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -63,6 +68,34 @@ pub struct ClientRow {
     /// The round in which the server removed this client; `None` if never removed (the
     /// server removes nobody until reputation-based aggregation exists).
     pub removal_round: Option<u64>,
+    /// Vertical runs: the number of feature columns the party holds (`None` for a
+    /// horizontal client).
+    pub columns: Option<usize>,
+}
+
+/// What a vertical run reports beyond the per-party rows.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerticalOutcome {
+    /// The column split (e.g. `digits_quadrants`).
+    pub split: String,
+    /// `sync` or `async`.
+    pub training: String,
+    /// The server's mean batch loss of the first and the last round.
+    pub first_batch_loss: f64,
+    pub final_batch_loss: f64,
+    /// `sum_m value_m` and the loss decrease of the embeddings the valuation used
+    /// (completed, final bias held fixed); equal for exact Shapley (balance).
+    pub value_sum: f64,
+    pub loss_decrease: f64,
+    /// The vertical model's loss and accuracy on the held-out ids (the server's
+    /// evaluation pass).
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    /// A logistic regression trained centrally on all columns of the same training ids
+    /// for `centralised_epochs` epochs (about as many samples as the vertical run saw).
+    pub centralised_test_loss: f64,
+    pub centralised_test_accuracy: f64,
+    pub centralised_epochs: usize,
 }
 
 /// Everything a run reports.
@@ -79,6 +112,8 @@ pub struct Report {
     pub clients: Vec<ClientRow>,
     /// Fairness, honest accuracy and attack success (see [`crate::metrics`]).
     pub metrics: RunMetrics,
+    /// Set for a vertical run.
+    pub vertical: Option<VerticalOutcome>,
 }
 
 impl Report {
@@ -131,12 +166,12 @@ impl Report {
 
     fn clients_csv(&self) -> String {
         let mut s = String::from(
-            "name,client_id,behaviour,samples,shapley,rounds_participated,final_accuracy,standalone_accuracy,test_accuracy,removal_round\n",
+            "name,client_id,behaviour,samples,shapley,rounds_participated,final_accuracy,standalone_accuracy,test_accuracy,removal_round,columns\n",
         );
         for c in &self.clients {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{:.8},{},{:.6},{:.6},{:.6},{}",
+                "{},{},{},{},{:.8},{},{:.6},{:.6},{:.6},{},{}",
                 csv_field(&c.name),
                 c.client_id,
                 c.behaviour,
@@ -146,7 +181,8 @@ impl Report {
                 c.final_accuracy,
                 c.standalone_accuracy,
                 c.test_accuracy,
-                c.removal_round.map_or(String::new(), |r| r.to_string())
+                c.removal_round.map_or(String::new(), |r| r.to_string()),
+                c.columns.map_or(String::new(), |n| n.to_string())
             );
         }
         s
@@ -170,6 +206,9 @@ impl Report {
     pub fn table(&self, detailed: bool) -> String {
         let mut rows: Vec<&ClientRow> = self.clients.iter().collect();
         rows.sort_by(|a, b| b.shapley.total_cmp(&a.shapley));
+        if self.vertical.is_some() {
+            return vertical_table(&rows);
+        }
         let width = rows
             .iter()
             .map(|c| c.behaviour.len())
@@ -212,6 +251,9 @@ impl Report {
     /// The short block printed after the table: aggregator, honest accuracy, fairness and,
     /// with label flippers, the attack success rate.
     pub fn summary(&self) -> String {
+        if let Some(v) = &self.vertical {
+            return vertical_summary(v);
+        }
         let m = &self.metrics;
         let mut s = String::new();
         let _ = writeln!(
@@ -289,9 +331,54 @@ impl Report {
     }
 }
 
+/// The per-party table of a vertical run (`rows` sorted by value).
+fn vertical_table(rows: &[&ClientRow]) -> String {
+    let mut s = format!(
+        "{:<12} {:>8} {:<10} {:>16}\n",
+        "party", "columns", "behaviour", "VerFedSV value"
+    );
+    for c in rows {
+        let columns = c.columns.map_or("-".to_string(), |n| n.to_string());
+        let _ = writeln!(
+            s,
+            "{:<12} {:>8} {:<10} {:>16.6}",
+            c.name, columns, c.behaviour, c.shapley
+        );
+    }
+    s
+}
+
+/// The lines printed after a vertical run's table.
+fn vertical_summary(v: &VerticalOutcome) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "vertical ({} split, {} training): batch loss {:.4} in round 1, {:.4} in the last round",
+        v.split, v.training, v.first_batch_loss, v.final_batch_loss
+    );
+    let _ = writeln!(
+        s,
+        "balance: values sum to {:.6}, loss decrease of the valued embeddings {:.6} (error {:.2e})",
+        v.value_sum,
+        v.loss_decrease,
+        v.value_sum - v.loss_decrease
+    );
+    let _ = writeln!(
+        s,
+        "test accuracy: vertical {:.4} (loss {:.4}); centralised logistic regression on all \
+         columns {:.4} (loss {:.4}, {} epochs)",
+        v.test_accuracy,
+        v.test_loss,
+        v.centralised_test_accuracy,
+        v.centralised_test_loss,
+        v.centralised_epochs
+    );
+    s
+}
+
 /// Colours of the behaviours in charts and tables, in legend order; honest clients' bars
 /// use the first.
-const BEHAVIOUR_COLORS: [(&str, &str); 10] = [
+const BEHAVIOUR_COLORS: [(&str, &str); 12] = [
     ("honest", "#4c78a8"),
     ("late_joiner", "#9d755d"),
     ("noisy", "#f58518"),
@@ -302,6 +389,8 @@ const BEHAVIOUR_COLORS: [(&str, &str); 10] = [
     ("sign_flip", "#8b0000"),
     ("scaled_noise", "#d62ad6"),
     ("sybil", "#111111"),
+    ("noise", "#e45756"),
+    ("duplicate", "#72b7b2"),
 ];
 
 /// Line colours of honest clients in the per-round values chart (none is a behaviour's).
@@ -376,6 +465,9 @@ impl Report {
 
     /// Config summary, final accuracy and the metrics block, as table rows.
     fn run_rows(&self) -> Vec<(&'static str, String)> {
+        if let Some(v) = &self.vertical {
+            return self.vertical_rows(v);
+        }
         let c = &self.config;
         let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
         for client in &self.clients {
@@ -464,6 +556,60 @@ impl Report {
             ),
             ("fairness", fairness),
             ("attack success rate", attack),
+            ("wall time", format!("{:.1} s", self.wall_time_s)),
+        ]
+    }
+
+    /// The run table of a vertical run.
+    fn vertical_rows(&self, v: &VerticalOutcome) -> Vec<(&'static str, String)> {
+        let c = &self.config;
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for client in &self.clients {
+            *kinds.entry(client.behaviour.as_str()).or_default() += 1;
+        }
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        vec![
+            ("dataset", c.dataset.clone()),
+            (
+                "parties",
+                format!("{} ({})", self.clients.len(), kinds.join(", ")),
+            ),
+            ("column split", v.split.clone()),
+            (
+                "rounds",
+                format!("{} committed of {}", self.rounds.len(), c.rounds),
+            ),
+            ("training", v.training.clone()),
+            (
+                "batch loss",
+                format!(
+                    "{} in round 1, {} in the last round",
+                    num(v.first_batch_loss, 4),
+                    num(v.final_batch_loss, 4)
+                ),
+            ),
+            (
+                "balance (VerFedSV)",
+                format!(
+                    "values sum to {}; loss decrease of the valued embeddings {}",
+                    num(v.value_sum, 6),
+                    num(v.loss_decrease, 6)
+                ),
+            ),
+            (
+                "vertical test accuracy",
+                format!("{} (loss {})", num(v.test_accuracy, 4), num(v.test_loss, 4)),
+            ),
+            (
+                "centralised test accuracy",
+                format!(
+                    "{} (loss {}; logistic regression on all columns, {} epochs)",
+                    num(v.centralised_test_accuracy, 4),
+                    num(v.centralised_test_loss, 4),
+                    v.centralised_epochs
+                ),
+            ),
+            ("seed", c.seed.to_string()),
             ("wall time", format!("{:.1} s", self.wall_time_s)),
         ]
     }
@@ -638,9 +784,9 @@ impl Report {
     /// The per-client table, in client order.
     fn clients_html(&self) -> String {
         let mut s = String::from(
-            "<table><tr><th>client</th><th>behaviour</th><th>samples</th><th>rounds</th>\
-             <th>Shapley (sum)</th><th>standalone acc</th><th>final acc (local)</th>\
-             <th>test acc</th><th>removed</th></tr>",
+            "<table><tr><th>client</th><th>behaviour</th><th>samples</th><th>columns</th>\
+             <th>rounds</th><th>Shapley (sum)</th><th>standalone acc</th>\
+             <th>final acc (local)</th><th>test acc</th><th>removed</th></tr>",
         );
         for c in &self.clients {
             let _ = write!(
@@ -648,11 +794,12 @@ impl Report {
                 "<tr><td>{}</td><td><span class=\"sw\" style=\"background:{}\"></span>{}</td>\
                  <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
                  <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-                 <td class=\"n\">{}</td></tr>",
+                 <td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                 escape(&c.name),
                 behaviour_color(&c.behaviour),
                 escape(&c.behaviour),
                 c.samples,
+                c.columns.map_or("-".to_string(), |n| n.to_string()),
                 c.rounds_participated,
                 num(c.shapley, 5),
                 num(c.standalone_accuracy, 4),
@@ -700,6 +847,7 @@ mod tests {
             standalone_accuracy: f64::NAN,
             test_accuracy: 0.75,
             removal_round: None,
+            columns: None,
         }
     }
 
@@ -744,6 +892,7 @@ mod tests {
                 honest_accuracy_best: 0.8,
                 attack_success_rate: None,
             },
+            vertical: None,
         }
     }
 
@@ -779,6 +928,46 @@ mod tests {
         let empty = report(Vec::new()).html();
         assert_well_formed(&empty);
         assert!(empty.contains("no data"));
+    }
+
+    #[test]
+    fn a_vertical_report_shows_parties_balance_and_both_accuracies() {
+        let mut r = report(vec![round(1, &[("q0", 0.3), ("noise", -0.01)])]);
+        r.clients = vec![client("q0", "honest", 0.3), client("noise", "noise", -0.01)];
+        r.clients[0].columns = Some(16);
+        r.clients[1].columns = Some(16);
+        r.vertical = Some(VerticalOutcome {
+            split: "digits_quadrants".into(),
+            training: "sync".into(),
+            first_batch_loss: 2.3,
+            final_batch_loss: 0.4,
+            value_sum: 0.29,
+            loss_decrease: 0.29,
+            test_loss: 0.35,
+            test_accuracy: 0.91,
+            centralised_test_loss: 0.3,
+            centralised_test_accuracy: 0.93,
+            centralised_epochs: 2,
+        });
+        let table = r.table(true);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("VerFedSV value"), "{table}");
+        assert!(
+            lines[1].starts_with("q0") && lines[1].contains(" 16 "),
+            "{table}"
+        );
+        assert!(lines[2].starts_with("noise"), "{table}");
+        let summary = r.summary();
+        assert!(summary.contains("vertical 0.9100"), "{summary}");
+        assert!(summary.contains("all columns 0.9300"), "{summary}");
+        assert!(summary.contains("values sum to 0.290000"), "{summary}");
+        let html = r.html();
+        assert_well_formed(&html);
+        assert!(html.contains("centralised test accuracy"));
+        assert!(html.contains("digits_quadrants"));
+        let csv = r.clients_csv();
+        assert!(csv.lines().next().unwrap_or("").ends_with(",columns"));
+        assert!(csv.lines().nth(1).unwrap_or("").ends_with(",16"), "{csv}");
     }
 
     #[test]

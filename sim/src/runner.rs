@@ -192,9 +192,9 @@ fn attack(behaviour: Behaviour, config: &SimConfig, sybil: &SybilGroup) -> Attac
 /// Enrollment turns: a client enrolls once the previous one has (`wait`), then lets the
 /// next one go (`done`), so that the server's enrollment order, which indexes per-client
 /// state and seeded draws, is the scenario's client order in every run.
-struct Turn {
-    wait: Option<oneshot::Receiver<()>>,
-    done: oneshot::Sender<()>,
+pub(crate) struct Turn {
+    pub(crate) wait: Option<oneshot::Receiver<()>>,
+    pub(crate) done: oneshot::Sender<()>,
 }
 
 /// Starts client `index`: enroll (in its turn), run the task loop, evaluate the final model.
@@ -272,12 +272,18 @@ fn standalone_accuracies(
         .collect()
 }
 
-/// Runs the whole simulation and returns its report (files are written by the caller).
-pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
-    let started = Instant::now();
-    let config = &opts.config;
-    let prepared = prepare(config)?;
+/// The server a run talks to: an embedded one (shut down by the caller) or a remote one,
+/// its URL, and the id of the run's federation.
+pub(crate) struct Target {
+    pub(crate) embedded: Option<RunningServer>,
+    pub(crate) url: String,
+    pub(crate) federation_id: String,
+}
 
+/// Starts the embedded server unless `opts` names a remote one, and picks the federation
+/// id (`sim` on an embedded server, unique on a remote one).
+pub(crate) async fn target(opts: &SimOptions) -> Result<Target, SimError> {
+    let config = &opts.config;
     let embedded = match &opts.server {
         Some(_) => None,
         None => {
@@ -299,6 +305,42 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
             fedval_server::federation::now_ms()
         ),
     };
+    Ok(Target {
+        embedded,
+        url,
+        federation_id,
+    })
+}
+
+/// The run's progress bar over `rounds` (hidden unless `progress`).
+pub(crate) fn progress_bar(progress: bool, rounds: u64) -> ProgressBar {
+    let bar = if progress {
+        ProgressBar::new(rounds)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Runs the whole simulation and returns its report (files are written by the caller);
+/// a vertical scenario runs with [`crate::vertical::run`].
+pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
+    let started = Instant::now();
+    let config = &opts.config;
+    if config.vertical.is_some() {
+        return crate::vertical::run(opts, started).await;
+    }
+    let prepared = prepare(config)?;
+    let Target {
+        embedded,
+        url,
+        federation_id,
+    } = target(opts).await?;
     let secret = format!("enroll-{}", config.seed);
 
     let mut admin = admin_client(connect(&url).await?, &opts.admin_token)?;
@@ -350,16 +392,7 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         }
     }
 
-    let bar = if opts.progress {
-        ProgressBar::new(config.rounds)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(opts.progress, config.rounds);
     bar.set_message("waiting for clients");
     while let Some(event) = events.message().await? {
         match event.kind {
@@ -451,6 +484,7 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
                 standalone_accuracy: standalone.get(r.index).copied().unwrap_or(f64::NAN),
                 test_accuracy: test_accuracy.get(i).copied().unwrap_or(f64::NAN),
                 removal_round: removal_round(&rounds, &r.client_id),
+                columns: None,
             }
         })
         .collect();
@@ -465,6 +499,7 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         rounds: round_rows,
         clients,
         metrics: run_metrics,
+        vertical: None,
     })
 }
 
@@ -577,7 +612,8 @@ fn run_metrics(
     })
 }
 
-fn round_row(r: &pb::RoundRecord, names: &HashMap<String, String>) -> RoundRow {
+/// The report row of a round record, values keyed by client name.
+pub(crate) fn round_row(r: &pb::RoundRecord, names: &HashMap<String, String>) -> RoundRow {
     let metric = |name: &str| {
         r.metrics
             .iter()

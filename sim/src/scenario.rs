@@ -7,6 +7,10 @@
 //! Adversarial clients are counted in the `[adversaries]` table ([`Adversaries`]); client
 //! indices are assigned in a fixed order (see [`SimConfig::behaviour`]) so the same file
 //! always attacks with the same clients.
+//!
+//! A `[vertical]` table ([`VerticalSim`]) makes the scenario a vertical federation
+//! (ALGORITHMS.md section 3): the data set's columns are split among parties, the server
+//! holds the labels, and VerFedSV values the parties (run by [`crate::vertical`]).
 
 use fedval_core::aggregate::AggregatorSpec;
 use serde::{Deserialize, Serialize};
@@ -27,6 +31,14 @@ pub const SHIPPED: &[(&str, &str)] = &[
     (
         "rffl_sign_flip",
         include_str!("../scenarios/rffl_sign_flip.toml"),
+    ),
+    (
+        "vertical_digits",
+        include_str!("../scenarios/vertical_digits.toml"),
+    ),
+    (
+        "vertical_breast_cancer",
+        include_str!("../scenarios/vertical_breast_cancer.toml"),
     ),
 ];
 
@@ -232,6 +244,136 @@ pub struct SimConfig {
     pub fair_reward: Option<fedval_server::config::FairRewardSettings>,
     /// Adversarial and late clients.
     pub adversaries: Adversaries,
+    /// Set (a `[vertical]` table) for a vertical federation; unset (the default) for a
+    /// horizontal one. In vertical mode `clients` must equal the number of parties
+    /// ([`VerticalSim::parties`]); `rounds`, `test_fraction`, `round_timeout_ms`,
+    /// `valuation`, `valuation_budget` and `seed` keep their meaning; noisy, tiny,
+    /// partition, model, local epochs, batch size and learning rate are ignored, and
+    /// adversaries, aggregator, reputation and fair_reward must stay unset.
+    pub vertical: Option<VerticalSim>,
+}
+
+/// What a vertical party does in a simulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartyBehaviour {
+    /// Holds a block of the data set's columns.
+    Honest,
+    /// Holds columns of seeded Gaussian noise (no information about the labels).
+    Noise,
+    /// Holds a copy of party 0's columns.
+    Duplicate,
+}
+
+impl PartyBehaviour {
+    /// The name used in tables and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartyBehaviour::Honest => "honest",
+            PartyBehaviour::Noise => "noise",
+            PartyBehaviour::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// The `[vertical]` table: how a vertical scenario splits the columns and trains.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerticalSim {
+    /// How the data set's columns are split among the honest parties:
+    /// `digits_quadrants` (4 parties), `breast_cancer_groups` (3 parties) or
+    /// `contiguous:K` (K blocks of consecutive columns).
+    pub split: String,
+    /// `sync`: every round the server draws one mini-batch that every party embeds.
+    pub training: String,
+    /// Mini-batch size.
+    pub batch_size: u32,
+    /// SGD step of the parties' models and of the server's bias.
+    pub learning_rate: f32,
+    /// Weight decay of the parties' weights.
+    pub l2: f32,
+    /// 0: linear party models; otherwise MLPs with this many hidden units.
+    pub hidden: u32,
+    /// Extra parties holding seeded Gaussian noise, as many columns as party 0.
+    pub noise_parties: usize,
+    /// Extra parties holding a copy of party 0's columns.
+    pub duplicate_parties: usize,
+    /// Rank of VerFedSV's matrix completion (synchronous training).
+    pub completion_rank: u32,
+    /// Ridge of VerFedSV's matrix completion.
+    pub completion_lambda: f64,
+}
+
+impl Default for VerticalSim {
+    /// Digits quadrants, synchronous, batches of 32, step 0.1, no decay, linear parties,
+    /// no noise or duplicate party, completion rank 3 and ridge 0.1 (the reference code).
+    fn default() -> Self {
+        VerticalSim {
+            split: "digits_quadrants".into(),
+            training: "sync".into(),
+            batch_size: 32,
+            learning_rate: 0.1,
+            l2: 0.0,
+            hidden: 0,
+            noise_parties: 0,
+            duplicate_parties: 0,
+            completion_rank: 3,
+            completion_lambda: 0.1,
+        }
+    }
+}
+
+impl VerticalSim {
+    /// The column split of a data set with `num_features` columns (see
+    /// [`split`](Self::split)).
+    pub fn column_split(
+        &self,
+        num_features: usize,
+    ) -> Result<fedval_core::vertical::ColumnSplit, String> {
+        use fedval_core::vertical::ColumnSplit;
+        let split = match self.split.as_str() {
+            "digits_quadrants" => ColumnSplit::digits_quadrants(),
+            "breast_cancer_groups" => ColumnSplit::breast_cancer_groups(),
+            other => match other.strip_prefix("contiguous:") {
+                Some(k) => {
+                    let k: usize = k
+                        .parse()
+                        .map_err(|e| format!("bad party count in split {other:?}: {e}"))?;
+                    ColumnSplit::contiguous(num_features, k).map_err(|e| e.to_string())?
+                }
+                None => {
+                    return Err(format!(
+                        "unknown split {other:?}: expected digits_quadrants, \
+                         breast_cancer_groups or contiguous:K"
+                    ));
+                }
+            },
+        };
+        if split.num_features() != num_features {
+            return Err(format!(
+                "split {} is for {} columns but the data set has {num_features}",
+                self.split,
+                split.num_features()
+            ));
+        }
+        Ok(split)
+    }
+
+    /// Number of parties: the split's blocks, then the noise and the duplicate parties.
+    pub fn parties(&self, split_parties: usize) -> usize {
+        split_parties + self.noise_parties + self.duplicate_parties
+    }
+
+    /// The behaviour of party `index` when the split has `split_parties` blocks.
+    pub fn behaviour(&self, index: usize, split_parties: usize) -> PartyBehaviour {
+        if index < split_parties {
+            PartyBehaviour::Honest
+        } else if index < split_parties + self.noise_parties {
+            PartyBehaviour::Noise
+        } else {
+            PartyBehaviour::Duplicate
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -259,6 +401,7 @@ impl Default for SimConfig {
             reputation: None,
             fair_reward: None,
             adversaries: Adversaries::default(),
+            vertical: None,
         }
     }
 }
@@ -299,6 +442,9 @@ impl SimConfig {
 
     /// Checks the counts and attack parameters against each other.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(v) = &self.vertical {
+            return self.validate_vertical(v);
+        }
         if self.clients == 0 {
             return Err("clients must be at least 1".into());
         }
@@ -349,6 +495,78 @@ impl SimConfig {
     }
 }
 
+/// Feature columns of the shipped data set `name` (`None` for an unknown name).
+pub fn dataset_columns(name: &str) -> Option<usize> {
+    match name {
+        "digits" => Some(64),
+        "breast_cancer" => Some(30),
+        "wine" => Some(13),
+        "iris" => Some(4),
+        _ => None,
+    }
+}
+
+impl SimConfig {
+    /// The checks of a vertical scenario: a known split that fits the data set, `clients`
+    /// equal to the number of parties, synchronous training, sane steps, at least one
+    /// round, and the horizontal-only settings left alone.
+    fn validate_vertical(&self, v: &VerticalSim) -> Result<(), String> {
+        let columns = dataset_columns(&self.dataset)
+            .ok_or_else(|| format!("unknown data set {:?}", self.dataset))?;
+        let split = v.column_split(columns)?;
+        let parties = v.parties(split.num_parties());
+        if self.clients != parties {
+            return Err(format!(
+                "a vertical scenario has {parties} parties ({} split blocks, {} noise, {} \
+                 duplicate) but clients = {}",
+                split.num_parties(),
+                v.noise_parties,
+                v.duplicate_parties,
+                self.clients
+            ));
+        }
+        if v.training != "sync" {
+            return Err(format!(
+                "vertical training {:?} is not supported by the simulator (use \"sync\")",
+                v.training
+            ));
+        }
+        if v.batch_size == 0 {
+            return Err("vertical batch_size must be at least 1".into());
+        }
+        if !(v.learning_rate.is_finite() && v.learning_rate > 0.0) {
+            return Err(format!(
+                "vertical learning_rate must be positive and finite, got {}",
+                v.learning_rate
+            ));
+        }
+        if !(v.l2.is_finite() && v.l2 >= 0.0) {
+            return Err(format!("vertical l2 must be >= 0, got {}", v.l2));
+        }
+        if self.rounds == 0 {
+            return Err("rounds must be at least 1".into());
+        }
+        if !(self.test_fraction > 0.0 && self.test_fraction < 1.0) {
+            return Err(format!(
+                "test_fraction must be in (0, 1), got {}",
+                self.test_fraction
+            ));
+        }
+        let horizontal = self.adversaries != Adversaries::default()
+            || self.reputation.is_some()
+            || self.fair_reward.is_some()
+            || self.aggregator != AggregatorSpec::FedAvg;
+        if horizontal {
+            return Err(
+                "adversaries, aggregator, reputation and fair_reward are horizontal \
+                 settings: leave them unset in a vertical scenario"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +605,14 @@ mod tests {
         for name in &names {
             let config = scenario(name);
             assert_eq!(config.validate(), Ok(()), "{name}");
+            if let Some(v) = &config.vertical {
+                assert!(name.starts_with("vertical_"), "{name}");
+                assert_eq!(
+                    (v.noise_parties + v.duplicate_parties, v.training.as_str()),
+                    (1, "sync")
+                );
+                continue;
+            }
             assert_eq!(
                 (config.dataset.as_str(), config.clients, config.rounds),
                 ("digits", 10, 20)
@@ -417,6 +643,75 @@ mod tests {
         assert_eq!(kinds("sybil"), [Behaviour::Sybil; 2]);
         assert_eq!(kinds("late_joiner"), [Behaviour::LateJoiner; 2]);
         assert_eq!(scenario("late_joiner").initial_clients(), 8);
+
+        // The vertical scenarios: 4 quadrants + 1 noise party; 3 groups + 1 duplicate.
+        let parties = |name: &str| {
+            let c = scenario(name);
+            let v = c.vertical.clone().expect("vertical");
+            let columns = if c.dataset == "digits" { 64 } else { 30 };
+            let blocks = v.column_split(columns).expect("split").num_parties();
+            (
+                c.dataset.clone(),
+                (0..c.clients)
+                    .map(|i| v.behaviour(i, blocks))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        use PartyBehaviour::*;
+        assert_eq!(
+            parties("vertical_digits"),
+            (
+                "digits".to_string(),
+                vec![Honest, Honest, Honest, Honest, Noise]
+            )
+        );
+        assert_eq!(
+            parties("vertical_breast_cancer"),
+            (
+                "breast_cancer".to_string(),
+                vec![Honest, Honest, Honest, Duplicate]
+            )
+        );
+    }
+
+    #[test]
+    fn vertical_scenarios_are_checked() {
+        let base = scenario("vertical_digits");
+        let with = |f: &dyn Fn(&mut SimConfig)| {
+            let mut c = base.clone();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(with(&|c| c.clients = 4).contains("has 5 parties"));
+        assert!(with(&|c| c.dataset = "iris".into()).contains("split digits_quadrants is for 64"));
+        assert!(
+            with(&|c| c.vertical.as_mut().unwrap().split = "rows".into())
+                .contains("unknown split \"rows\"")
+        );
+        assert!(
+            with(&|c| c.vertical.as_mut().unwrap().training = "async".into()).contains("\"async\"")
+        );
+        assert!(with(&|c| c.adversaries.sign_flip = 1).contains("horizontal settings"));
+        assert!(
+            with(&|c| c.vertical.as_mut().unwrap().learning_rate = 0.0).contains("learning_rate")
+        );
+        let mut contiguous = base.clone();
+        if let Some(v) = contiguous.vertical.as_mut() {
+            v.split = "contiguous:8".into();
+        }
+        contiguous.clients = 9;
+        assert_eq!(contiguous.validate(), Ok(()));
+        let v = VerticalSim::default();
+        assert!(v.column_split(64).is_ok());
+        assert!(
+            VerticalSim {
+                split: "contiguous:x".into(),
+                ..v
+            }
+            .column_split(64)
+            .unwrap_err()
+            .contains("bad party count")
+        );
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub struct Prepared {
 /// Splits the data set and builds every client's local data.
 pub fn prepare(config: &SimConfig) -> Result<Prepared, SimError> {
     config.validate().map_err(SimError::Config)?;
+    if config.vertical.is_some() {
+        return Err(SimError::Config(
+            "a vertical scenario has parties, not client data sets: see fedval_sim::vertical"
+                .into(),
+        ));
+    }
     let mut full = data::builtin::by_name(&config.dataset)?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let (rest, test_rows) = partition::train_test_split(full.len(), config.test_fraction, &mut rng);

@@ -16,4 +16,5 @@ mod e2e {
     mod restart;
     mod simulator;
     mod upload_limits;
+    mod vertical;
 }

@@ -40,10 +40,10 @@ fn fed(id: &str) -> FederationRecord {
         config: FederationConfig {
             id: id.to_string(),
             enrollment_secret: "secret".into(),
-            model: ModelSpec::LogisticRegression {
+            model: Some(ModelSpec::LogisticRegression {
                 num_features: 2,
                 num_classes: 2,
-            },
+            }),
             rounds: 3,
             min_clients: 1,
             clients_per_round: 0,
@@ -58,6 +58,7 @@ fn fed(id: &str) -> FederationRecord {
             seed: 1,
             reputation: None,
             fair_reward: None,
+            vertical: None,
         },
         status: FederationStatus::Waiting,
         committed_rounds: 0,
@@ -293,6 +294,67 @@ pub fn commit_round_with_client_models(s: &Store) {
     assert_eq!(s.get_client_model("f", "b", 2).expect("b2"), None);
 }
 
+/// Vertical embeddings list per round by client id; a party's second send conflicts and
+/// the first stays; a vertical round commit writes round, bias, gradients and federation
+/// together, a replay changes nothing; `update_rounds` rewrites records and the
+/// federation in one batch.
+pub fn vertical_rounds(s: &Store) {
+    for id in ["c/2", "a", "b"] {
+        s.put_embeddings("f", 1, id, &[id.len() as f32, 0.5])
+            .expect("put");
+    }
+    s.put_embeddings("f", 2, "a", &[9.0]).expect("round 2");
+    s.put_embeddings("g", 1, "a", &[8.0])
+        .expect("other federation");
+    assert_conflict(s.put_embeddings("f", 1, "a", &[7.0, 7.0]), "vembed/f/");
+    let got = s.list_embeddings("f", 1).expect("list");
+    assert_eq!(
+        got,
+        vec![
+            ("a".to_string(), vec![1.0, 0.5]),
+            ("b".to_string(), vec![1.0, 0.5]),
+            ("c/2".to_string(), vec![3.0, 0.5]),
+        ]
+    );
+    assert_eq!(s.list_embeddings("f", 3).expect("list"), vec![]);
+
+    s.create_federation(&fed("f"), &[0.0]).expect("create");
+    let mut after = fed("f");
+    after.committed_rounds = 1;
+    after.model_version = 1;
+    let r1 = round_record(1, 1, &["a", "b"]);
+    s.commit_vertical_round("f", &r1, &[0.25], &[1.0, -2.0], &after)
+        .expect("commit");
+    assert_eq!(s.list_rounds("f").expect("rounds"), vec![r1.clone()]);
+    assert_eq!(s.get_model("f", 1).expect("bias"), Some(vec![0.25]));
+    assert_eq!(
+        s.get_gradients("f", 1).expect("gradients"),
+        Some(vec![1.0, -2.0])
+    );
+    assert_eq!(s.get_gradients("f", 2).expect("gradients"), None);
+    assert_eq!(s.get_federation("f").expect("get"), Some(after.clone()));
+    let mut replay = after.clone();
+    replay.committed_rounds = 2;
+    assert_conflict(
+        s.commit_vertical_round("f", &r1, &[9.0], &[9.0, 9.0], &replay),
+        "round/f/",
+    );
+    assert_eq!(
+        s.get_gradients("f", 1).expect("gradients"),
+        Some(vec![1.0, -2.0])
+    );
+    assert_eq!(s.get_federation("f").expect("get"), Some(after.clone()));
+
+    let mut valued = r1.clone();
+    valued.valuation_method = "verfedsv".into();
+    let mut finished = after;
+    finished.status = FederationStatus::Finished;
+    s.update_rounds("f", std::slice::from_ref(&valued), &finished)
+        .expect("update");
+    assert_eq!(s.list_rounds("f").expect("rounds"), vec![valued]);
+    assert_eq!(s.get_federation("f").expect("get"), Some(finished));
+}
+
 /// Writes through one store, drops it, reopens the directory and finds everything.
 pub fn reopen(open: fn(&Path) -> Result<Store, StoreError>) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -369,6 +431,10 @@ macro_rules! conformance {
             #[test]
             fn commit_round_with_client_models() {
                 super::commit_round_with_client_models(&$fixture.store)
+            }
+            #[test]
+            fn vertical_rounds() {
+                super::vertical_rounds(&$fixture.store)
             }
         }
     };

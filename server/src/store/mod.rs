@@ -26,6 +26,11 @@
 //! | `model/<federation>/<version>`              | global model (LE f32 bytes)     |
 //! | `round/<federation>/<round>`                | [`RoundRecord`] (JSON)          |
 //! | `cmodel/<federation>/<client_id>/<version>` | a client's own model (policies) |
+//! | `vembed/<federation>/<round>/<client_id>`   | vertical: a party's embeddings  |
+//! | `vgrad/<federation>/<round>`                | vertical: the round's gradients |
+//!
+//! In a vertical federation the "model" of version `t` is the server's bias after round
+//! `t`, and round `rounds + 1` holds the embeddings of the evaluation pass.
 
 pub mod kv;
 pub mod memory;
@@ -130,6 +135,22 @@ mod keys {
     }
     pub fn client_model(fed: &str, client_id: &str, version: u64) -> Vec<u8> {
         format!("cmodel/{}/{}/{}", part(fed), part(client_id), num(version)).into_bytes()
+    }
+    pub fn embeddings(fed: &str, round: u64) -> Vec<u8> {
+        format!("vembed/{}/{}/", part(fed), num(round)).into_bytes()
+    }
+    pub fn embedding(fed: &str, round: u64, client_id: &str) -> Vec<u8> {
+        format!("vembed/{}/{}/{}", part(fed), num(round), part(client_id)).into_bytes()
+    }
+    pub fn gradients(fed: &str, round: u64) -> Vec<u8> {
+        format!("vgrad/{}/{}", part(fed), num(round)).into_bytes()
+    }
+
+    /// The string component `part` escaped, or `None` if `escaped` is not such an escape.
+    pub fn unpart(escaped: &[u8]) -> Option<String> {
+        let text = std::str::from_utf8(escaped).ok()?;
+        let plain = text.replace("%2F", "/").replace("%25", "%");
+        (part(&plain) == text).then_some(plain)
     }
 }
 
@@ -370,6 +391,109 @@ impl Store {
                 fedval_core::tensor::to_le_bytes(model),
             );
         }
+        self.kv.commit(batch.put(fed_key, fed_value))
+    }
+
+    /// Vertical federations: stores party `client_id`'s embeddings of `round` (row-major
+    /// `rows x C` f32); durable on return. [`StoreError::Conflict`] if that party already
+    /// sent embeddings for that round (the first ones are kept).
+    pub fn put_embeddings(
+        &self,
+        federation: &str,
+        round: u64,
+        client_id: &str,
+        embeddings: &[f32],
+    ) -> Result<(), StoreError> {
+        self.kv.commit(Batch::new().insert_new(
+            keys::embedding(federation, round, client_id),
+            fedval_core::tensor::to_le_bytes(embeddings),
+        ))
+    }
+
+    /// Vertical federations: every party's embeddings of `round`, ordered by client id.
+    pub fn list_embeddings(
+        &self,
+        federation: &str,
+        round: u64,
+    ) -> Result<Vec<(String, Vec<f32>)>, StoreError> {
+        let prefix = keys::embeddings(federation, round);
+        self.kv
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let client_id = k
+                    .get(prefix.len()..)
+                    .and_then(keys::unpart)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: kv::display_key(&k),
+                        reason: "the key does not end in an escaped client id".into(),
+                    })?;
+                Ok((client_id, decode_tensor(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Vertical federations: commits a training round in ONE atomic, durable batch: the
+    /// round record, the server's bias after it (as model version `round.model_version`),
+    /// the round's per-sample gradients and the federation's record `fed`.
+    /// [`StoreError::Conflict`] if the round was already committed (nothing changes).
+    pub fn commit_vertical_round(
+        &self,
+        federation: &str,
+        round: &RoundRecord,
+        bias: &[f32],
+        gradients: &[f32],
+        fed: &FederationRecord,
+    ) -> Result<(), StoreError> {
+        let round_key = keys::round(federation, round.round);
+        let round_value = encode(&round_key, round)?;
+        let fed_key = keys::federation(federation);
+        let fed_value = encode(&fed_key, fed)?;
+        self.kv.commit(
+            Batch::new()
+                .insert_new(round_key, round_value)
+                .put(
+                    keys::model(federation, round.model_version),
+                    fedval_core::tensor::to_le_bytes(bias),
+                )
+                .put(
+                    keys::gradients(federation, round.round),
+                    fedval_core::tensor::to_le_bytes(gradients),
+                )
+                .put(fed_key, fed_value),
+        )
+    }
+
+    /// Vertical federations: the per-sample gradients committed with `round`, if any.
+    pub fn get_gradients(
+        &self,
+        federation: &str,
+        round: u64,
+    ) -> Result<Option<Vec<f32>>, StoreError> {
+        let key = keys::gradients(federation, round);
+        self.kv
+            .get(&key)?
+            .map(|bytes| decode_tensor(&key, &bytes))
+            .transpose()
+    }
+
+    /// Replaces the records of already committed rounds and the federation's record in
+    /// ONE atomic, durable batch (a vertical federation's valuation completes every round
+    /// and finishes the federation at once).
+    pub fn update_rounds(
+        &self,
+        federation: &str,
+        rounds: &[RoundRecord],
+        fed: &FederationRecord,
+    ) -> Result<(), StoreError> {
+        let mut batch = Batch::new();
+        for round in rounds {
+            let key = keys::round(federation, round.round);
+            let value = encode(&key, round)?;
+            batch = batch.put(key, value);
+        }
+        let fed_key = keys::federation(federation);
+        let fed_value = encode(&fed_key, fed)?;
         self.kv.commit(batch.put(fed_key, fed_value))
     }
 

@@ -1,0 +1,455 @@
+//! Federation-level tests of vertical mode: in-process parties (core `PartyModel`s over
+//! the digits quadrants plus a pure-noise party) drive the federation through its
+//! handlers' methods (`next_task`, `admit_embeddings`, `accept_embeddings`,
+//! `gradient_reply`) while the registry runs the driver.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedval_core::data::builtin;
+use fedval_core::tensor;
+use fedval_core::vertical::{ColumnSplit, PartyModel, PartyModelSpec, combine};
+use ndarray::{Array2, Axis};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::federation::Federation;
+use crate::registry::Registry;
+use crate::store::{RoundRecord, Store, ValuationStatus};
+
+const ROUNDS: u64 = 100;
+const LR: f32 = 0.5;
+
+/// Three parties over digits: the left half (top-left and bottom-left quadrants), the
+/// right half, and 16 columns of uniform noise; every fifth sample is held out.
+fn digits_parties() -> (Vec<Array2<f32>>, Vec<u32>) {
+    let data = builtin::digits();
+    let q = ColumnSplit::digits_quadrants();
+    let blocks = q.blocks();
+    let split = ColumnSplit::new(
+        64,
+        vec![
+            [blocks[0].clone(), blocks[2].clone()].concat(),
+            [blocks[1].clone(), blocks[3].clone()].concat(),
+        ],
+    )
+    .expect("split");
+    let mut parties = split.project_all(&data).expect("projects");
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    parties.push(Array2::from_shape_fn((data.len(), 16), |_| {
+        rng.random_range(0.0f32..1.0)
+    }));
+    (parties, data.labels)
+}
+
+fn config(id: &str, labels: Vec<u32>) -> FederationConfig {
+    let n = labels.len() as u32;
+    let mut cfg: FederationConfig = toml::from_str(&format!(
+        r#"
+        id = "{id}"
+        enrollment_secret = "s"
+        rounds = {ROUNDS}
+        min_clients = 3
+        round_timeout_ms = 600000
+        seed = 5
+        "#
+    ))
+    .expect("parses");
+    cfg.vertical = Some(VerticalSettings {
+        test_ids: (0..n).filter(|i| i % 5 == 0).collect(),
+        batch_size: 64,
+        learning_rate: LR,
+        completion_rank: 10,
+        ..VerticalSettings::classification(10, labels)
+    });
+    cfg.validate().expect("valid");
+    cfg
+}
+
+/// What a party does besides following its tasks.
+#[derive(Clone, Copy, Default)]
+struct Plan {
+    /// Stop after the answer of this training round.
+    stop_after: Option<u64>,
+    /// In this round, make the embeddings durable and stop without waiting for the
+    /// answer (a party that lost its connection).
+    send_and_leave: Option<u64>,
+}
+
+/// A party's model and its copies taken just before embedding rounds 1 and `ROUNDS`.
+struct Party {
+    model: PartyModel,
+    before: BTreeMap<u64, PartyModel>,
+}
+
+/// Follows the federation's tasks with a linear party model until Done (or the plan
+/// says stop).
+async fn run_party(
+    fed: Arc<Federation>,
+    client_id: String,
+    x: Arc<Array2<f32>>,
+    mut party: Party,
+    plan: Plan,
+) -> Party {
+    let mut changes = fed.subscribe_changes();
+    loop {
+        match fed.next_task(&client_id).await {
+            NextTask::Embed {
+                round,
+                sample_ids,
+                evaluate_only,
+                ..
+            } => {
+                if round == 1 || round == ROUNDS {
+                    party.before.insert(round, party.model.clone());
+                }
+                let rows: Vec<usize> = sample_ids.iter().map(|&i| i as usize).collect();
+                let xb = x.select(Axis(0), &rows);
+                let h = party.model.embed(xb.view()).expect("embeds");
+                let values: Vec<f32> = h.iter().copied().collect();
+                let bytes = tensor::to_le_bytes(&values);
+                let claim = EmbeddingClaim {
+                    round,
+                    rows: rows.len() as u32,
+                    output_dim: h.ncols() as u32,
+                    total_bytes: bytes.len() as u64,
+                    sha256: tensor::sha256_hex(&bytes),
+                };
+                if let Admission::Open { .. } =
+                    fed.admit_embeddings(&claim).await.expect("admitted")
+                {
+                    fed.accept_embeddings(&client_id, round, values)
+                        .await
+                        .expect("accepted");
+                }
+                if plan.send_and_leave == Some(round) {
+                    return party;
+                }
+                let reply = fed
+                    .gradient_reply(
+                        &client_id,
+                        round,
+                        tokio::time::Instant::now() + Duration::from_secs(600),
+                    )
+                    .await
+                    .expect("answered");
+                if !evaluate_only {
+                    let g = tensor::from_le_bytes(&reply.bytes).expect("decodes");
+                    let g = Array2::from_shape_vec(h.dim(), g).expect("shape");
+                    party
+                        .model
+                        .apply_gradients(xb.view(), g.view(), LR, 0.0)
+                        .expect("updates");
+                }
+                if plan.stop_after == Some(round) {
+                    return party;
+                }
+            }
+            NextTask::Wait { .. } => {
+                let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+            }
+            NextTask::Done { .. } => return party,
+            other => panic!("unexpected task {other:?}"),
+        }
+    }
+}
+
+fn fresh(x: &Array2<f32>) -> Party {
+    let spec = PartyModelSpec::Linear {
+        num_features: x.ncols(),
+        output_dim: 10,
+    };
+    Party {
+        model: PartyModel::new(spec, 5).expect("model"),
+        before: BTreeMap::new(),
+    }
+}
+
+/// Enrolls the three parties (in order) and returns their ids.
+async fn enroll(fed: &Federation, parties: &[Array2<f32>]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (m, x) in parties.iter().enumerate() {
+        let (id, _) = fed
+            .enroll(
+                "s",
+                &format!("party-{m}"),
+                x.nrows() as u64,
+                x.ncols() as u32,
+            )
+            .await
+            .expect("enrolled");
+        ids.push(id);
+    }
+    ids
+}
+
+/// Runs every party to its plan's end, concurrently.
+async fn run_all(
+    fed: &Arc<Federation>,
+    ids: &[String],
+    xs: &[Arc<Array2<f32>>],
+    parties: Vec<Party>,
+    plans: &[Plan],
+) -> Vec<Party> {
+    let tasks: Vec<_> = parties
+        .into_iter()
+        .enumerate()
+        .map(|(m, p)| {
+            tokio::spawn(run_party(
+                fed.clone(),
+                ids[m].clone(),
+                xs[m].clone(),
+                p,
+                plans[m],
+            ))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("party task"));
+    }
+    out
+}
+
+fn metric(r: &RoundRecord, name: &str) -> f64 {
+    r.metrics
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(f64::NAN, |(_, v)| *v)
+}
+
+async fn wait_finished(fed: &Federation) {
+    let mut changes = fed.subscribe_changes();
+    while fed.snapshot().await.0.status != FederationStatus::Finished {
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_parties_train_and_verfedsv_values_them() {
+    let (xs, labels) = digits_parties();
+    let cfg = config("digits", labels);
+    let spec = VerticalSpec::new(cfg.vertical.as_ref().expect("vertical")).expect("spec");
+    let registry = Registry::open(Store::memory()).expect("registry");
+    let fed = registry.create(cfg).expect("created");
+    let ids = enroll(&fed, &xs).await;
+    let err = fed
+        .enroll("s", "late", 10, 4)
+        .await
+        .expect_err("all parties in");
+    assert!(matches!(err, ServiceError::FailedPrecondition(_)), "{err}");
+    let xs: Vec<Arc<Array2<f32>>> = xs.into_iter().map(Arc::new).collect();
+    let parties = xs.iter().map(|x| fresh(x)).collect();
+    let parties = run_all(&fed, &ids, &xs, parties, &[Plan::default(); 3]).await;
+    wait_finished(&fed).await;
+
+    let rounds = fed.store().list_rounds("digits").expect("rounds");
+    assert_eq!(rounds.len() as u64, ROUNDS);
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r.participants == ids && r.stragglers.is_empty())
+    );
+    // Training loss decreases: the last ten batches average well below the first ten.
+    let mean = |rs: &[RoundRecord]| rs.iter().map(|r| metric(r, "loss")).sum::<f64>() / 10.0;
+    let (first, last) = (mean(&rounds[..10]), mean(&rounds[90..]));
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+    let final_round = &rounds[99];
+    let accuracy = metric(final_round, "test_accuracy");
+    assert!(accuracy > 0.85, "test accuracy {accuracy}");
+    assert_eq!(metric(final_round, "test_parties"), 3.0);
+
+    // Values: every round valued, the noise party is worth the least.
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r.valuation_status == ValuationStatus::Done
+                && r.valuation_method == "verfedsv"
+                && r.values.len() == 3)
+    );
+    let values: Vec<f64> = (0..3)
+        .map(|m| rounds.iter().map(|r| r.values[m].value).sum())
+        .collect();
+    assert!(values[2] < values[0] && values[2] < values[1], "{values:?}");
+    // Balance on the completed embeddings holds to rounding (exact Shapley) ...
+    let value_sum: f64 = values.iter().sum();
+    let completed = metric(final_round, "verfedsv_loss_decrease");
+    assert!(
+        (value_sum - completed).abs() < 1e-9,
+        "{value_sum} vs {completed}"
+    );
+    // ... and against the true full-data loss decrease L(1) - L(T) (the models that
+    // embedded rounds 1 and T, the final bias fixed) within the completion error.
+    let bias = fed.model(ROUNDS).await.expect("bias").params.to_vec();
+    let loss_at = |round: u64| {
+        let h: Vec<Array2<f32>> = parties
+            .iter()
+            .zip(&xs)
+            .map(|(p, x)| p.before[&round].embed(x.view()).expect("embeds"))
+            .collect();
+        let z = combine(&h, &bias).expect("combines");
+        let rows: Vec<usize> = (0..z.nrows()).collect();
+        spec.objective.mean_loss(z.view(), &rows).expect("loss")
+    };
+    let truth = loss_at(1) - loss_at(ROUNDS);
+    let relative = (value_sum - truth).abs() / truth;
+    eprintln!(
+        "verfedsv: values {values:?}, sum {value_sum:.4}, true L(1)-L(T) {truth:.4}, relative completion error {relative:.3}, test accuracy {accuracy:.3}"
+    );
+    assert!(relative < 0.25, "value sum {value_sum} vs true {truth}");
+    // Repeating a committed round's exchange returns the stored gradients.
+    let reply = fed
+        .gradient_reply(&ids[0], 7, tokio::time::Instant::now())
+        .await
+        .expect("stored");
+    assert_eq!(reply.rows, 64);
+    assert_eq!(
+        tensor::from_le_bytes(&reply.bytes).expect("decodes"),
+        fed.store()
+            .get_gradients("digits", 7)
+            .expect("read")
+            .expect("stored")
+    );
+    registry.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
+    let (xs, labels) = digits_parties();
+    let mut cfg = config("restart", labels);
+    cfg.rounds = 8;
+    if let Some(v) = cfg.vertical.as_mut() {
+        v.test_ids.clear();
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let xs: Vec<Arc<Array2<f32>>> = xs.into_iter().map(Arc::new).collect();
+    let (ids, parties, before) = {
+        let registry = Registry::open(Store::open_redb(dir.path()).expect("opens")).expect("reg");
+        let fed = registry.create(cfg.clone()).expect("created");
+        let ids = enroll(
+            &fed,
+            &[(*xs[0]).clone(), (*xs[1]).clone(), (*xs[2]).clone()],
+        )
+        .await;
+        // Everyone does rounds 1-3; party 0 also sends round 4 and hangs up.
+        let plans = [
+            Plan {
+                stop_after: None,
+                send_and_leave: Some(4),
+            },
+            Plan {
+                stop_after: Some(3),
+                send_and_leave: None,
+            },
+            Plan {
+                stop_after: Some(3),
+                send_and_leave: None,
+            },
+        ];
+        let parties = xs.iter().map(|x| fresh(x)).collect();
+        let parties = run_all(&fed, &ids, &xs, parties, &plans).await;
+        let before = fed.store().list_rounds("restart").expect("rounds");
+        assert_eq!(before.len(), 3);
+        registry.shutdown();
+        (ids, parties, before)
+    };
+    // The old store closes once its tasks are gone: retry opening it.
+    let mut store = None;
+    for _ in 0..100 {
+        match Store::open_redb(dir.path()) {
+            Ok(s) => {
+                store = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let registry = Registry::open(store.expect("reopens")).expect("registry");
+    let fed = registry.get("restart").expect("restored");
+    // Round 4 reopens with party 0's stored embeddings: it has nothing to do.
+    let mut task = fed.next_task(&ids[0]).await;
+    for _ in 0..100 {
+        if !matches!(&task, NextTask::Wait { reason } if reason.contains("waiting for the next round"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        task = fed.next_task(&ids[0]).await;
+    }
+    assert!(
+        matches!(&task, NextTask::Wait { reason } if reason.contains("round 4 received")),
+        "{task:?}"
+    );
+    assert!(matches!(
+        fed.next_task(&ids[1]).await,
+        NextTask::Embed { round: 4, .. }
+    ));
+    // Party 0 repeats its round-4 exchange (answered once the round closes); the others
+    // embed round 4 and everyone carries on to the end.
+    let mut parties = parties;
+    let p0 = parties.remove(0);
+    let repeat = {
+        let (fed, id, x) = (fed.clone(), ids[0].clone(), xs[0].clone());
+        tokio::spawn(async move {
+            let mut p0 = p0;
+            let batch = fed.vertical().expect("vertical").batch(5, 4);
+            let rows: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
+            let xb = x.select(Axis(0), &rows);
+            let h = p0.model.embed(xb.view()).expect("embeds");
+            let values: Vec<f32> = h.iter().copied().collect();
+            let bytes = tensor::to_le_bytes(&values);
+            let claim = EmbeddingClaim {
+                round: 4,
+                rows: rows.len() as u32,
+                output_dim: 10,
+                total_bytes: bytes.len() as u64,
+                sha256: tensor::sha256_hex(&bytes),
+            };
+            let admission = fed.admit_embeddings(&claim).await.expect("admitted");
+            assert!(matches!(admission, Admission::Open { .. }));
+            fed.accept_embeddings(&id, 4, values)
+                .await
+                .expect("no second write");
+            let reply = fed
+                .gradient_reply(
+                    &id,
+                    4,
+                    tokio::time::Instant::now() + Duration::from_secs(600),
+                )
+                .await
+                .expect("answered");
+            let g = Array2::from_shape_vec(
+                h.dim(),
+                tensor::from_le_bytes(&reply.bytes).expect("decodes"),
+            )
+            .expect("shape");
+            p0.model
+                .apply_gradients(xb.view(), g.view(), LR, 0.0)
+                .expect("updates");
+            let p0 = run_party(fed, id, x, p0, Plan::default()).await;
+            (reply, p0)
+        })
+    };
+    // The others embed round 4 and everyone carries on to the end.
+    let _rest = run_all(&fed, &ids[1..], &xs[1..], parties, &[Plan::default(); 2]).await;
+    let (reply, _p0) = repeat.await.expect("repeat task");
+    assert_eq!(reply.round, 4);
+    assert!(reply.stragglers.is_empty());
+    wait_finished(&fed).await;
+    let after = fed.store().list_rounds("restart").expect("rounds");
+    assert_eq!(after.len(), 8);
+    assert!(after.iter().all(|r| r.participants == ids), "no straggler");
+    // The committed rounds are unchanged, apart from the values the valuation added.
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            (b.round, &b.participants, &b.metrics),
+            (a.round, &a.participants, &a.metrics)
+        );
+    }
+    // The embeddings stored before the crash were not written twice.
+    let round4 = fed.store().list_embeddings("restart", 4).expect("listed");
+    assert_eq!(round4.len(), 3);
+    registry.shutdown();
+}
