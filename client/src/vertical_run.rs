@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use ndarray::Array2;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::error::ClientError;
 use crate::party::VerticalTrainer;
@@ -134,7 +134,9 @@ async fn exchange(
     match result {
         Ok(answer) => Ok(Some(answer)),
         Err(ClientError::FailedPrecondition(reason)) => {
-            warn!(round = task.round, %reason, "embeddings refused; moving on");
+            // Expected when a round closed first or asynchronous training just ended: the
+            // next task says what to do.
+            info!(round = task.round, %reason, "embeddings refused; moving on");
             opts.emit(NodeEvent::ExchangeRejected {
                 round: task.round,
                 reason,

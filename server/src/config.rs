@@ -1220,8 +1220,10 @@ mod tests {
     fn each_invalid_vertical_field_is_named() {
         type Edit = fn(&mut FederationConfig, &mut VerticalSettings);
         let cases: Vec<(&str, &str, Edit)> = vec![
-            ("vertical.training", "not served", |_, v| {
-                v.training = VerticalTraining::Async
+            ("vertical.snapshot_every", "party steps", |c, v| {
+                c.rounds = 10_000;
+                v.training = VerticalTraining::Async;
+                v.snapshot_every = u32::MAX;
             }),
             ("min_clients", "between 1 and 64", |c, _| c.min_clients = 65),
             ("vertical.num_classes", "between 2 and", |_, v| {

@@ -157,6 +157,7 @@ impl Coordinator for CoordinatorService {
         let fed = self.registry.get(&header.federation_id)?;
         fed.authenticate(&token, &header.client_id).await?;
         let claim = EmbeddingClaim {
+            client_id: header.client_id.clone(),
             round: header.round,
             rows: header.rows,
             output_dim: header.output_dim,

@@ -624,8 +624,8 @@ impl Federation {
             }
             FederationStatus::Waiting | FederationStatus::Running => {}
         }
-        if self.vertical.is_some() {
-            return crate::vertical::next_task(&self.config, &st, client_id);
+        if let Some(spec) = &self.vertical {
+            return crate::vertical::next_task(&self.config, spec, &st, client_id);
         }
         if let Some(round) = st.removed_in(client_id) {
             return NextTask::Removed {

@@ -87,6 +87,10 @@ pub struct VerticalOutcome {
     /// (completed, final bias held fixed); equal for exact Shapley (balance).
     pub value_sum: f64,
     pub loss_decrease: f64,
+    /// Synchronous runs: the matrix completion's worst relative fit error on the observed
+    /// embeddings (`||observed - completed||_F / ||observed||_F`, max over parties); the
+    /// balance holds for the completed embeddings. NaN for asynchronous runs (exact).
+    pub completion_rel_error: f64,
     /// The vertical model's loss and accuracy on the held-out ids (the server's
     /// evaluation pass).
     pub test_loss: f64,
@@ -348,6 +352,15 @@ fn vertical_table(rows: &[&ClientRow]) -> String {
     s
 }
 
+/// `; completion relative error X` when the run was completed (synchronous), else empty.
+fn completion_note(error: f64) -> String {
+    if error.is_finite() {
+        format!("; matrix completion relative error on the observed embeddings {error:.2e}")
+    } else {
+        String::new()
+    }
+}
+
 /// The lines printed after a vertical run's table.
 fn vertical_summary(v: &VerticalOutcome) -> String {
     let mut s = String::new();
@@ -358,10 +371,11 @@ fn vertical_summary(v: &VerticalOutcome) -> String {
     );
     let _ = writeln!(
         s,
-        "balance: values sum to {:.6}, loss decrease of the valued embeddings {:.6} (error {:.2e})",
+        "balance: values sum to {:.6}, loss decrease of the valued embeddings {:.6} (error {:.2e}){}",
         v.value_sum,
         v.loss_decrease,
-        v.value_sum - v.loss_decrease
+        v.value_sum - v.loss_decrease,
+        completion_note(v.completion_rel_error)
     );
     let _ = writeln!(
         s,
@@ -591,9 +605,10 @@ impl Report {
             (
                 "balance (VerFedSV)",
                 format!(
-                    "values sum to {}; loss decrease of the valued embeddings {}",
+                    "values sum to {}; loss decrease of the valued embeddings {}{}",
                     num(v.value_sum, 6),
-                    num(v.loss_decrease, 6)
+                    num(v.loss_decrease, 6),
+                    completion_note(v.completion_rel_error)
                 ),
             ),
             (
@@ -943,6 +958,7 @@ mod tests {
             final_batch_loss: 0.4,
             value_sum: 0.29,
             loss_decrease: 0.29,
+            completion_rel_error: 0.031,
             test_loss: 0.35,
             test_accuracy: 0.91,
             centralised_test_loss: 0.3,

@@ -40,6 +40,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "vertical_breast_cancer",
         include_str!("../scenarios/vertical_breast_cancer.toml"),
     ),
+    (
+        "vertical_digits_async",
+        include_str!("../scenarios/vertical_digits_async.toml"),
+    ),
 ];
 
 /// The shipped scenario `name` (see [`SHIPPED`]).
@@ -263,6 +267,9 @@ pub enum PartyBehaviour {
     Noise,
     /// Holds a copy of party 0's columns.
     Duplicate,
+    /// Holds a copy of party 0's columns and waits `slow_delay_ms` before every
+    /// training step (asynchronous training): it communicates less often.
+    Slow,
 }
 
 impl PartyBehaviour {
@@ -272,6 +279,7 @@ impl PartyBehaviour {
             PartyBehaviour::Honest => "honest",
             PartyBehaviour::Noise => "noise",
             PartyBehaviour::Duplicate => "duplicate",
+            PartyBehaviour::Slow => "slow",
         }
     }
 }
@@ -285,7 +293,11 @@ pub struct VerticalSim {
     /// `contiguous:K` (K blocks of consecutive columns).
     pub split: String,
     /// `sync`: every round the server draws one mini-batch that every party embeds.
+    /// `async`: every party steps at its own pace against the latest embeddings of the
+    /// others; `rounds` snapshots of `snapshot_every` steps each.
     pub training: String,
+    /// Asynchronous training: party steps (over all parties) per snapshot round.
+    pub snapshot_every: u32,
     /// Mini-batch size.
     pub batch_size: u32,
     /// SGD step of the parties' models and of the server's bias.
@@ -298,6 +310,11 @@ pub struct VerticalSim {
     pub noise_parties: usize,
     /// Extra parties holding a copy of party 0's columns.
     pub duplicate_parties: usize,
+    /// Asynchronous training: extra copies of party 0 that wait `slow_delay_ms` before
+    /// every step (they communicate less often than party 0).
+    pub slow_parties: usize,
+    /// The slow parties' wait before each step, in milliseconds.
+    pub slow_delay_ms: u64,
     /// Rank of VerFedSV's matrix completion (synchronous training).
     pub completion_rank: u32,
     /// Ridge of VerFedSV's matrix completion.
@@ -306,17 +323,21 @@ pub struct VerticalSim {
 
 impl Default for VerticalSim {
     /// Digits quadrants, synchronous, batches of 32, step 0.1, no decay, linear parties,
-    /// no noise or duplicate party, completion rank 3 and ridge 0.1 (the reference code).
+    /// no noise, duplicate or slow party (slow delay 50 ms, snapshots every 10 steps),
+    /// completion rank 3 and ridge 0.1 (the reference code).
     fn default() -> Self {
         VerticalSim {
             split: "digits_quadrants".into(),
             training: "sync".into(),
+            snapshot_every: 10,
             batch_size: 32,
             learning_rate: 0.1,
             l2: 0.0,
             hidden: 0,
             noise_parties: 0,
             duplicate_parties: 0,
+            slow_parties: 0,
+            slow_delay_ms: 50,
             completion_rank: 3,
             completion_lambda: 0.1,
         }
@@ -361,7 +382,7 @@ impl VerticalSim {
 
     /// Number of parties: the split's blocks, then the noise and the duplicate parties.
     pub fn parties(&self, split_parties: usize) -> usize {
-        split_parties + self.noise_parties + self.duplicate_parties
+        split_parties + self.noise_parties + self.duplicate_parties + self.slow_parties
     }
 
     /// The behaviour of party `index` when the split has `split_parties` blocks.
@@ -370,8 +391,10 @@ impl VerticalSim {
             PartyBehaviour::Honest
         } else if index < split_parties + self.noise_parties {
             PartyBehaviour::Noise
-        } else {
+        } else if index < split_parties + self.noise_parties + self.duplicate_parties {
             PartyBehaviour::Duplicate
+        } else {
+            PartyBehaviour::Slow
         }
     }
 }
@@ -518,18 +541,28 @@ impl SimConfig {
         if self.clients != parties {
             return Err(format!(
                 "a vertical scenario has {parties} parties ({} split blocks, {} noise, {} \
-                 duplicate) but clients = {}",
+                 duplicate, {} slow) but clients = {}",
                 split.num_parties(),
                 v.noise_parties,
                 v.duplicate_parties,
+                v.slow_parties,
                 self.clients
             ));
         }
-        if v.training != "sync" {
+        if v.training != "sync" && v.training != "async" {
             return Err(format!(
-                "vertical training {:?} is not supported by the simulator (use \"sync\")",
+                "vertical training {:?} is not supported (use \"sync\" or \"async\")",
                 v.training
             ));
+        }
+        if v.slow_parties > 0 && v.training != "async" {
+            return Err(
+                "vertical slow_parties need training = \"async\" (a synchronous round waits for every party)"
+                    .into(),
+            );
+        }
+        if v.training == "async" && v.snapshot_every == 0 {
+            return Err("vertical snapshot_every must be at least 1".into());
         }
         if v.batch_size == 0 {
             return Err("vertical batch_size must be at least 1".into());
@@ -607,9 +640,18 @@ mod tests {
             assert_eq!(config.validate(), Ok(()), "{name}");
             if let Some(v) = &config.vertical {
                 assert!(name.starts_with("vertical_"), "{name}");
-                assert_eq!(
-                    (v.noise_parties + v.duplicate_parties, v.training.as_str()),
+                let expected = if name.ends_with("_async") {
+                    (1, "async")
+                } else {
                     (1, "sync")
+                };
+                assert_eq!(
+                    (
+                        v.noise_parties + v.duplicate_parties + v.slow_parties,
+                        v.training.as_str()
+                    ),
+                    expected,
+                    "{name}"
                 );
                 continue;
             }
@@ -672,6 +714,13 @@ mod tests {
                 vec![Honest, Honest, Honest, Duplicate]
             )
         );
+        assert_eq!(
+            parties("vertical_digits_async"),
+            (
+                "digits".to_string(),
+                vec![Honest, Honest, Honest, Honest, Slow]
+            )
+        );
     }
 
     #[test]
@@ -683,13 +732,21 @@ mod tests {
             c.validate().unwrap_err()
         };
         assert!(with(&|c| c.clients = 4).contains("has 5 parties"));
+        assert!(
+            with(&|c| {
+                let v = c.vertical.as_mut().unwrap();
+                v.noise_parties = 0;
+                v.slow_parties = 1;
+            })
+            .contains("slow_parties need training = \"async\"")
+        );
         assert!(with(&|c| c.dataset = "iris".into()).contains("split digits_quadrants is for 64"));
         assert!(
             with(&|c| c.vertical.as_mut().unwrap().split = "rows".into())
                 .contains("unknown split \"rows\"")
         );
         assert!(
-            with(&|c| c.vertical.as_mut().unwrap().training = "async".into()).contains("\"async\"")
+            with(&|c| c.vertical.as_mut().unwrap().training = "later".into()).contains("\"later\"")
         );
         assert!(with(&|c| c.adversaries.sign_flip = 1).contains("horizontal settings"));
         assert!(

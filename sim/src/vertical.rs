@@ -16,11 +16,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use fedval_client::{PartyTrainer, RunOptions, VerticalClient, connect, run_vertical_node};
+use fedval_client::{
+    PartyTrainer, RunOptions, TrainerError, VerticalClient, VerticalTrainer, connect,
+    run_vertical_node,
+};
 use fedval_core::data::{self, Dataset, Standardizer, partition};
 use fedval_core::model::{ModelSpec, TrainConfig};
 use fedval_proto::v1 as pb;
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -39,6 +42,8 @@ pub struct PartyPlan {
     pub name: String,
     /// What it holds.
     pub behaviour: PartyBehaviour,
+    /// A slow party's wait after each training step (`slow_delay_ms`).
+    pub step_delay: Option<Duration>,
     /// Its feature block: row `i` is sample id `i`.
     pub block: Array2<f32>,
 }
@@ -103,7 +108,7 @@ pub fn prepare(config: &SimConfig) -> Result<VerticalPrepared, SimError> {
             noise.sample(&mut rng) as f32
         }));
     }
-    for _ in 0..v.duplicate_parties {
+    for _ in 0..v.duplicate_parties + v.slow_parties {
         blocks.push(first.clone());
     }
     let parties = blocks
@@ -112,6 +117,8 @@ pub fn prepare(config: &SimConfig) -> Result<VerticalPrepared, SimError> {
         .map(|(index, block)| PartyPlan {
             name: format!("party-{index}"),
             behaviour: v.behaviour(index, split.num_parties()),
+            step_delay: (v.behaviour(index, split.num_parties()) == PartyBehaviour::Slow)
+                .then(|| Duration::from_millis(v.slow_delay_ms)),
             block,
         })
         .collect();
@@ -156,11 +163,41 @@ pub fn federation_config(
             learning_rate: v.learning_rate,
             l2: v.l2,
             hidden: v.hidden,
-            snapshot_every: 0,
+            snapshot_every: if v.training == "async" {
+                v.snapshot_every
+            } else {
+                0
+            },
             completion_rank: v.completion_rank,
             completion_lambda: v.completion_lambda,
         }),
         ..Default::default()
+    }
+}
+
+/// A slow party's trainer: waits `delay` after applying each step's gradients, so it
+/// takes its next step (and communicates) less often than a twin without the wait.
+struct Paced {
+    inner: PartyTrainer,
+    delay: Duration,
+}
+
+impl VerticalTrainer for Paced {
+    fn embed(&mut self, sample_ids: &[u32]) -> Result<Array2<f32>, TrainerError> {
+        self.inner.embed(sample_ids)
+    }
+
+    fn apply(
+        &mut self,
+        sample_ids: &[u32],
+        gradients: ArrayView2<'_, f32>,
+        lr: f32,
+        l2: f32,
+    ) -> Result<(), TrainerError> {
+        self.inner.apply(sample_ids, gradients, lr, l2)?;
+        // Runs on a blocking thread (VerticalTrainer's contract).
+        std::thread::sleep(self.delay);
+        Ok(())
     }
 }
 
@@ -198,7 +235,15 @@ fn spawn_party(
         let _ = turn.done.send(());
         let mut client = enrolled?;
         let trainer = PartyTrainer::new(client.party(), plan.block)?;
-        let (_, summary) = run_vertical_node(&mut client, trainer, &run_opts).await?;
+        let summary = if let Some(delay) = plan.step_delay {
+            let paced = Paced {
+                inner: trainer,
+                delay,
+            };
+            run_vertical_node(&mut client, paced, &run_opts).await?.1
+        } else {
+            run_vertical_node(&mut client, trainer, &run_opts).await?.1
+        };
         Ok(PartyResult {
             index,
             client_id: client.client_id().to_string(),
@@ -397,6 +442,7 @@ pub async fn run(opts: &SimOptions, started: Instant) -> Result<Report, SimError
         final_batch_loss: last_metric("loss"),
         value_sum: last_metric("verfedsv_value_sum"),
         loss_decrease: last_metric("verfedsv_loss_decrease"),
+        completion_rel_error: last_metric("verfedsv_completion_rel_error"),
         test_loss: last_metric("test_loss"),
         test_accuracy: last_metric("test_accuracy"),
         centralised_test_loss,

@@ -28,9 +28,15 @@
 //! | `cmodel/<federation>/<client_id>/<version>` | a client's own model (policies) |
 //! | `vembed/<federation>/<round>/<client_id>`   | vertical: a party's embeddings  |
 //! | `vgrad/<federation>/<round>`                | vertical: the round's gradients |
+//! | `vstep/<federation>/<seq>`                  | async vertical: [`VerticalStepRecord`] (JSON) |
+//! | `vsnap/<federation>/<round>`                | async vertical: embedding table snapshot |
 //!
 //! In a vertical federation the "model" of version `t` is the server's bias after round
-//! `t`, and round `rounds + 1` holds the embeddings of the evaluation pass.
+//! `t`, and the round after the last step holds the embeddings of the evaluation pass.
+//! In asynchronous training every party step is appended to the step log (`seq` counts
+//! steps over all parties from 1) and round `r` is snapshot `r` of the whole table
+//! (parties in enrollment order, each `N x C` row-major LE f32), committed together with
+//! step `r x snapshot_every`.
 
 pub mod kv;
 pub mod memory;
@@ -53,6 +59,7 @@ pub use kv::{Batch, KvBackend};
 pub use records::{
     ClientFairReward, ClientRecord, ClientReputation, ClientValue, FairRewardRound,
     FederationRecord, FederationStatus, RoundRecord, UpdateRecord, ValuationStatus,
+    VerticalStepRecord,
 };
 
 /// Errors of the store.
@@ -145,6 +152,15 @@ mod keys {
     pub fn gradients(fed: &str, round: u64) -> Vec<u8> {
         format!("vgrad/{}/{}", part(fed), num(round)).into_bytes()
     }
+    pub fn steps(fed: &str) -> Vec<u8> {
+        format!("vstep/{}/", part(fed)).into_bytes()
+    }
+    pub fn step(fed: &str, seq: u64) -> Vec<u8> {
+        format!("vstep/{}/{}", part(fed), num(seq)).into_bytes()
+    }
+    pub fn snapshot(fed: &str, round: u64) -> Vec<u8> {
+        format!("vsnap/{}/{}", part(fed), num(round)).into_bytes()
+    }
 
     /// The string component `part` escaped, or `None` if `escaped` is not such an escape.
     pub fn unpart(escaped: &[u8]) -> Option<String> {
@@ -152,6 +168,19 @@ mod keys {
         let plain = text.replace("%2F", "/").replace("%25", "%");
         (part(&plain) == text).then_some(plain)
     }
+}
+
+/// What a snapshot step commits besides the step (see [`Store::commit_vertical_step`]).
+#[derive(Clone, Copy, Debug)]
+pub struct VerticalSnapshot<'a> {
+    /// The snapshot's round record (`round` = snapshot index = model version).
+    pub round: &'a RoundRecord,
+    /// The server bias after the step.
+    pub bias: &'a [f32],
+    /// The whole embedding table, parties in enrollment order, each `N x C` row-major.
+    pub table: &'a [f32],
+    /// The federation's record with the new progress.
+    pub fed: &'a FederationRecord,
 }
 
 fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
@@ -471,6 +500,78 @@ impl Store {
         round: u64,
     ) -> Result<Option<Vec<f32>>, StoreError> {
         let key = keys::gradients(federation, round);
+        self.kv
+            .get(&key)?
+            .map(|bytes| decode_tensor(&key, &bytes))
+            .transpose()
+    }
+
+    /// Asynchronous vertical federations: appends step `seq` (1-based over all parties)
+    /// to the step log in ONE atomic, durable batch; with `snapshot`, the same batch also
+    /// commits the snapshot round (its record, the bias as model version `round.round`,
+    /// the whole embedding table and the federation's record). [`StoreError::Conflict`]
+    /// if step `seq` (or the round) is already stored; nothing changes then.
+    pub fn commit_vertical_step(
+        &self,
+        federation: &str,
+        seq: u64,
+        step: &VerticalStepRecord,
+        snapshot: Option<VerticalSnapshot<'_>>,
+    ) -> Result<(), StoreError> {
+        let step_key = keys::step(federation, seq);
+        let step_value = encode(&step_key, step)?;
+        let mut batch = Batch::new().insert_new(step_key, step_value);
+        if let Some(snap) = snapshot {
+            let round_key = keys::round(federation, snap.round.round);
+            let round_value = encode(&round_key, snap.round)?;
+            let fed_key = keys::federation(federation);
+            let fed_value = encode(&fed_key, snap.fed)?;
+            batch = batch
+                .insert_new(round_key, round_value)
+                .put(
+                    keys::model(federation, snap.round.model_version),
+                    fedval_core::tensor::to_le_bytes(snap.bias),
+                )
+                .put(
+                    keys::snapshot(federation, snap.round.round),
+                    fedval_core::tensor::to_le_bytes(snap.table),
+                )
+                .put(fed_key, fed_value);
+        }
+        self.kv.commit(batch)
+    }
+
+    /// Asynchronous vertical federations: the step log, `(seq, step)` in ascending order.
+    pub fn list_vertical_steps(
+        &self,
+        federation: &str,
+    ) -> Result<Vec<(u64, VerticalStepRecord)>, StoreError> {
+        let prefix = keys::steps(federation);
+        self.kv
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let seq = k
+                    .get(prefix.len()..)
+                    .and_then(|s| std::str::from_utf8(s).ok())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: kv::display_key(&k),
+                        reason: "the key does not end in a step number".into(),
+                    })?;
+                Ok((seq, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Asynchronous vertical federations: the embedding table committed with snapshot
+    /// round `round`, if any.
+    pub fn get_vertical_snapshot(
+        &self,
+        federation: &str,
+        round: u64,
+    ) -> Result<Option<Vec<f32>>, StoreError> {
+        let key = keys::snapshot(federation, round);
         self.kv
             .get(&key)?
             .map(|bytes| decode_tensor(&key, &bytes))

@@ -357,3 +357,59 @@ mod tests {
         }
     }
 }
+
+/// One durable step of an asynchronous vertical run (the step log): what the party sent
+/// and what it was answered. Tensors are stored as f32 bit patterns so a restart rebuilds
+/// the embedding table and replays answers bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerticalStepRecord {
+    /// The party.
+    pub client_id: String,
+    /// The party's step number (1, 2, ... per party).
+    pub step: u64,
+    /// Mean loss of the step's batch, before the update.
+    pub loss: f64,
+    /// The party's embeddings of the batch (`rows x C`, row-major), as `f32::to_bits`.
+    pub rows: Vec<u32>,
+    /// The per-sample gradients answered (`rows x C`), as `f32::to_bits`.
+    pub gradients: Vec<u32>,
+    /// The server bias after the step, as `f32::to_bits`.
+    pub bias: Vec<u32>,
+}
+
+impl VerticalStepRecord {
+    /// Encodes a step.
+    pub fn new(
+        client_id: &str,
+        step: u64,
+        loss: f64,
+        rows: &[f32],
+        gradients: &[f32],
+        bias: &[f32],
+    ) -> Self {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect();
+        Self {
+            client_id: client_id.to_string(),
+            step,
+            loss,
+            rows: bits(rows),
+            gradients: bits(gradients),
+            bias: bits(bias),
+        }
+    }
+
+    /// The embeddings the party sent.
+    pub fn rows_f32(&self) -> Vec<f32> {
+        self.rows.iter().map(|b| f32::from_bits(*b)).collect()
+    }
+
+    /// The gradients it was answered.
+    pub fn gradients_f32(&self) -> Vec<f32> {
+        self.gradients.iter().map(|b| f32::from_bits(*b)).collect()
+    }
+
+    /// The bias after the step.
+    pub fn bias_f32(&self) -> Vec<f32> {
+        self.bias.iter().map(|b| f32::from_bits(*b)).collect()
+    }
+}

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::round::{close_batch, evaluate_ids};
-use super::value::{METHOD, record_values, sent_embeddings, set_metric, value_run};
+use super::value::{
+    METHOD, record_values, sent_embeddings, set_metric, snapshot_tables, value_run, value_snapshots,
+};
 use super::{GradientReply, OpenPass};
-use crate::config::ValuationMethod;
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Event, Federation, GlobalModel, now_ms};
 use crate::round_loop::retry_delay;
@@ -68,6 +69,8 @@ pub(crate) async fn drive(fed: Arc<Federation>, mut shutdown: watch::Receiver<bo
 enum Plan {
     Exit,
     WaitForParties,
+    /// Asynchronous training runs in the exchange handlers: wait for the last snapshot.
+    WaitForSteps,
     Collect,
     Value,
 }
@@ -80,7 +83,7 @@ async fn step(
     restore(fed).await?;
     match plan(fed).await? {
         Plan::Exit => Ok(Next::Exit),
-        Plan::WaitForParties => {
+        Plan::WaitForParties | Plan::WaitForSteps => {
             tokio::select! {
                 _ = changes.changed() => Ok(Next::Continue),
                 _ = shutdown.changed() => Ok(Next::Exit),
@@ -120,7 +123,7 @@ async fn restore(fed: &Arc<Federation>) -> ServiceResult<()> {
             .map(|(_, v)| *v);
         if let (Some(loss), Some(spec)) = (test_loss, fed.vertical()) {
             st.vertical.evaluated = Some(Arc::new(GradientReply::new(
-                rounds.saturating_add(1),
+                spec.evaluation_round(rounds),
                 spec.output_dim,
                 loss,
                 &[],
@@ -157,11 +160,23 @@ async fn plan(fed: &Arc<Federation>) -> ServiceResult<Plan> {
     if st.clients.len() < config.min_clients {
         return Ok(Plan::WaitForParties);
     }
+    if spec.asynchronous && st.record.committed_rounds < config.rounds {
+        if st.vertical.steps.is_none() {
+            fed.start_async(&mut st)?;
+            drop(st);
+            fed.notify();
+        }
+        return Ok(Plan::WaitForSteps);
+    }
     let (round, evaluate, ids) = if st.record.committed_rounds < config.rounds {
         let round = st.record.committed_rounds + 1;
         (round, false, Arc::new(spec.batch(config.seed, round)))
     } else if !spec.test_ids.is_empty() && st.vertical.evaluated.is_none() {
-        (config.rounds.saturating_add(1), true, spec.test_ids.clone())
+        (
+            spec.evaluation_round(config.rounds),
+            true,
+            spec.test_ids.clone(),
+        )
     } else {
         return Ok(Plan::Value);
     };
@@ -299,6 +314,7 @@ async fn close_training(fed: &Arc<Federation>, closing: Closing) -> ServiceResul
     };
     let round = closing.round;
     let config = fed.config();
+    let valued = spec.valued(config);
     let (closing, closed) = tokio::task::spawn_blocking(move || {
         let closed = close_batch(
             &spec.objective,
@@ -315,7 +331,6 @@ async fn close_training(fed: &Arc<Federation>, closing: Closing) -> ServiceResul
     let closed = closed
         .map_err(|e| ServiceError::Internal(format!("closing vertical round {round}: {e}")))?;
     let (participants, stragglers) = closing.split();
-    let valued = config.valuation.method != ValuationMethod::None && config.rounds >= 2;
     let record = RoundRecord {
         round,
         model_version: round,
@@ -479,14 +494,26 @@ async fn value_and_finish(fed: &Arc<Federation>) -> ServiceResult<()> {
         records = tokio::task::spawn_blocking(move || {
             let started = WallInstant::now();
             let config = fed2.config();
-            let outcome = sent_embeddings(&spec, config.seed, &parties2, config.rounds, |t| {
-                fed2.store()
-                    .list_embeddings(fed2.id(), t)
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|(batches, sent)| {
-                value_run(config, &spec, &batches, &sent, &bias).map_err(|e| e.to_string())
-            });
+            let outcome = if spec.asynchronous {
+                snapshot_tables(&spec, parties2.len(), config.rounds, |r| {
+                    fed2.store()
+                        .get_vertical_snapshot(fed2.id(), r)
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|snapshots| {
+                    value_snapshots(config, &spec, &snapshots, &bias).map_err(|e| e.to_string())
+                })
+            } else {
+                sent_embeddings(&spec, config.seed, &parties2, config.rounds, |t| {
+                    fed2.store()
+                        .list_embeddings(fed2.id(), t)
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|(batches, sent)| {
+                    value_run(config, &spec, &parties2, &batches, &sent, &bias)
+                        .map_err(|e| e.to_string())
+                })
+            };
             record_values(&mut records, &parties2, outcome, started);
             records
         })

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::steps::{StepStatus, check_step};
 use super::{GradientReply, OpenPass};
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{FedState, Federation};
@@ -22,7 +23,9 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(60);
 /// What an `EmbeddingHeader` claims, before its data arrives.
 #[derive(Clone, Debug)]
 pub struct EmbeddingClaim {
-    /// The EmbedTask's round.
+    /// The authenticated party.
+    pub client_id: String,
+    /// The EmbedTask's round (asynchronous training: the party's step number).
     pub round: u64,
     /// Rows that follow (the task's sample ids, in order).
     pub rows: u32,
@@ -98,7 +101,32 @@ impl Federation {
                 self.id()
             )));
         }
+        let rounds = self.config().rounds;
+        let evaluation = spec.evaluation_round(rounds);
         let (rows, admission) = match &st.vertical.open {
+            _ if spec.asynchronous
+                && claim.round != evaluation
+                && st
+                    .vertical
+                    .open
+                    .as_ref()
+                    .is_none_or(|p| p.round != claim.round) =>
+            {
+                let (m, status) = check_step(&st, rounds, &claim.client_id, claim.round)?;
+                (
+                    spec.step_batch(self.config().seed, m, claim.round).len(),
+                    match status {
+                        StepStatus::Next => Admission::Open {
+                            expected_bytes: expected,
+                            deadline: Instant::now()
+                                + Duration::from_millis(self.config().round_timeout_ms),
+                        },
+                        StepStatus::Committed => Admission::Replay {
+                            expected_bytes: expected,
+                        },
+                    },
+                )
+            }
             Some(p) if p.round == claim.round => (
                 p.ids.len(),
                 if p.closed {
@@ -116,11 +144,12 @@ impl Federation {
                 let replay = Admission::Replay {
                     expected_bytes: expected,
                 };
-                if claim.round >= 1 && claim.round <= st.record.committed_rounds {
-                    (spec.batch(self.config().seed, claim.round).len(), replay)
-                } else if claim.round == self.config().rounds.saturating_add(1)
-                    && st.vertical.evaluated.is_some()
+                if !spec.asynchronous
+                    && claim.round >= 1
+                    && claim.round <= st.record.committed_rounds
                 {
+                    (spec.batch(self.config().seed, claim.round).len(), replay)
+                } else if claim.round == evaluation && st.vertical.evaluated.is_some() {
                     (spec.test_ids.len(), replay)
                 } else {
                     return Err(ServiceError::InvalidArgument(format!(
@@ -160,9 +189,28 @@ impl Federation {
     ) -> ServiceResult<()> {
         let this = self.clone();
         let client_id = client_id.to_string();
-        tokio::spawn(async move { this.store_embeddings(&client_id, round, values).await })
-            .await
-            .map_err(|e| ServiceError::Internal(format!("embedding task failed: {e}")))?
+        tokio::spawn(async move {
+            if this.is_async_step(round).await {
+                this.take_step(&client_id, round, values).await
+            } else {
+                this.store_embeddings(&client_id, round, values).await
+            }
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("embedding task failed: {e}")))?
+    }
+
+    /// Whether an exchange of `round` is an asynchronous training step (not the
+    /// evaluation pass).
+    async fn is_async_step(&self, round: u64) -> bool {
+        let Some(spec) = self.vertical() else {
+            return false;
+        };
+        if !spec.asynchronous || round == spec.evaluation_round(self.config().rounds) {
+            return false;
+        }
+        let st = self.state.lock().await;
+        st.vertical.open.as_ref().is_none_or(|p| p.round != round)
     }
 
     async fn store_embeddings(
@@ -208,6 +256,12 @@ impl Federation {
         round: u64,
         wait_until: Instant,
     ) -> ServiceResult<Arc<GradientReply>> {
+        if self.is_async_step(round).await {
+            return self.step_reply(client_id, round).await;
+        }
+        let evaluation = self
+            .vertical()
+            .map_or(u64::MAX, |v| v.evaluation_round(self.config().rounds));
         let mut changes = self.subscribe_changes();
         loop {
             let found = {
@@ -218,7 +272,7 @@ impl Federation {
                         self.id()
                     )));
                 }
-                lookup(&st, round, self.config().rounds)
+                lookup(&st, round, evaluation)
             };
             let reply = match found {
                 Found::Reply(reply) => Some(reply),
@@ -288,12 +342,12 @@ enum Found {
     NotYet,
 }
 
-fn lookup(st: &FedState, round: u64, rounds: u64) -> Found {
+fn lookup(st: &FedState, round: u64, evaluation: u64) -> Found {
     let v = &st.vertical;
     if let Some(last) = v.last.as_ref().filter(|r| r.round == round) {
         return Found::Reply(last.clone());
     }
-    if round == rounds.saturating_add(1) {
+    if round == evaluation {
         return match &v.evaluated {
             Some(reply) => Found::Reply(reply.clone()),
             None => Found::NotYet,

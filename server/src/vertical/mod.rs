@@ -29,6 +29,7 @@ pub(crate) mod driver;
 pub(crate) mod exchange;
 pub mod round;
 pub mod settings;
+pub mod steps;
 pub mod value;
 
 use std::collections::BTreeMap;
@@ -38,7 +39,7 @@ use bytes::Bytes;
 use fedval_core::vertical::Objective;
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, FederationConfig};
+use crate::config::{ConfigError, FederationConfig, ValuationMethod};
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{FedState, NextTask, now_ms};
 use crate::store::FederationStatus;
@@ -68,6 +69,10 @@ pub struct VerticalSpec {
     pub batch_size: usize,
     /// Learning rate of the bias.
     pub learning_rate: f32,
+    /// Asynchronous training (`training = "async"`, [`steps`]).
+    pub asynchronous: bool,
+    /// Asynchronous training: party steps per snapshot round.
+    pub snapshot_every: u64,
 }
 
 impl VerticalSpec {
@@ -80,12 +85,39 @@ impl VerticalSpec {
             output_dim: settings.output_dim(),
             batch_size: settings.batch_size as usize,
             learning_rate: settings.learning_rate,
+            asynchronous: settings.training == settings::VerticalTraining::Async,
+            snapshot_every: u64::from(settings.snapshot_every.max(1)),
         })
     }
 
     /// The batch of training round `round` (see [`round::draw_batch`]).
     pub fn batch(&self, seed: u64, round: u64) -> Vec<u32> {
         round::draw_batch(seed, round, &self.train_ids, self.batch_size)
+    }
+
+    /// The batch of party `party`'s asynchronous step `step` (see
+    /// [`round::draw_step_batch`]).
+    pub fn step_batch(&self, seed: u64, party: usize, step: u64) -> Vec<u32> {
+        round::draw_step_batch(seed, party, step, &self.train_ids, self.batch_size)
+    }
+
+    /// The round number of the evaluation pass: `rounds + 1` in synchronous training,
+    /// `rounds x snapshot_every + 1` in asynchronous training (above every step number,
+    /// so an exchange's round is never ambiguous).
+    pub fn evaluation_round(&self, rounds: u64) -> u64 {
+        if self.asynchronous {
+            rounds.saturating_mul(self.snapshot_every).saturating_add(1)
+        } else {
+            rounds.saturating_add(1)
+        }
+    }
+
+    /// Whether the run is valued: a valuation method is configured and there are at
+    /// least two steps to compare (synchronous: two rounds; asynchronous: snapshot 0 and
+    /// one more).
+    pub fn valued(&self, config: &FederationConfig) -> bool {
+        let least = if self.asynchronous { 1 } else { 2 };
+        config.valuation.method != ValuationMethod::None && config.rounds >= least
     }
 }
 
@@ -162,6 +194,8 @@ pub(crate) struct VerticalState {
     pub evaluated: Option<Arc<GradientReply>>,
     /// Whether the driver has loaded the stored progress (after a start or restart).
     pub restored: bool,
+    /// Asynchronous training: the run, once every party enrolled.
+    pub steps: Option<steps::AsyncState>,
 }
 
 /// Enrollment rules of a vertical federation, checked under the state lock: a party
@@ -177,7 +211,7 @@ pub(crate) fn check_enrollment(
             config.id
         )));
     }
-    if st.vertical.open.is_some() || st.record.committed_rounds > 0 {
+    if st.vertical.open.is_some() || st.vertical.steps.is_some() || st.record.committed_rounds > 0 {
         return Err(ServiceError::FailedPrecondition(format!(
             "vertical federation `{}` takes no new parties once round 1 has opened",
             config.id
@@ -194,7 +228,26 @@ pub(crate) fn check_enrollment(
 
 /// What a party of a vertical federation should do now (the federation is neither
 /// finished nor stopped).
-pub(crate) fn next_task(config: &FederationConfig, st: &FedState, client_id: &str) -> NextTask {
+pub(crate) fn next_task(
+    config: &FederationConfig,
+    spec: &VerticalSpec,
+    st: &FedState,
+    client_id: &str,
+) -> NextTask {
+    // Asynchronous training: the party's next step, at once.
+    if let (None, Some(run)) = (&st.vertical.open, &st.vertical.steps)
+        && st.record.committed_rounds < config.rounds
+        && st.record.status == FederationStatus::Running
+        && let Ok(m) = steps::party_index(st, client_id)
+    {
+        let step = run.steps.get(m).copied().unwrap_or(0).saturating_add(1);
+        return NextTask::Embed {
+            round: step,
+            sample_ids: Arc::new(spec.step_batch(config.seed, m, step)),
+            evaluate_only: false,
+            deadline_ms: config.round_timeout_ms,
+        };
+    }
     let reason = match &st.vertical.open {
         Some(p) if !p.closed && !p.received.contains_key(client_id) => {
             return NextTask::Embed {
@@ -216,6 +269,7 @@ pub(crate) fn next_task(config: &FederationConfig, st: &FedState, client_id: &st
         None if st.record.committed_rounds >= config.rounds => {
             "training is over; waiting for the evaluation and the valuation".into()
         }
+        None if spec.asynchronous => "waiting for the asynchronous run to start".into(),
         None => "waiting for the next round to open".into(),
     };
     let reason = match (&st.loop_error, st.record.status) {

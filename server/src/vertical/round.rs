@@ -1,8 +1,10 @@
-//! The label holder's arithmetic of one synchronous round, pure and seeded (no I/O).
+//! The label holder's arithmetic of one synchronous round or asynchronous step, pure and
+//! seeded (no I/O).
 //!
 //! Round `t`'s mini-batch is drawn from the training ids by a ChaCha8 generator seeded
-//! with the federation's seed on stream `t`, so a restarted server redraws the same
-//! batch. Closing the round combines `z = sum_m h^m + b` (a party that missed the
+//! with the federation's seed on stream `t`; party `m`'s asynchronous step `k` on stream
+//! `(m + 1) 2^32 + k` (step numbers stay below 2^32, so no two streams meet). A restarted
+//! server therefore redraws the same batches. Closing the round combines `z = sum_m h^m + b` (a party that missed the
 //! deadline contributes zeros), asks the core [`Objective`] for the mean loss and the
 //! per-sample gradients `g_i = dl/dz_i` (the same for every party, since `dz/dh^m` is the
 //! identity), and moves the bias by `-lr * mean_i g_i`, exactly as the reference loop
@@ -17,8 +19,25 @@ use rand_chacha::ChaCha8Rng;
 /// Round `round`'s mini-batch: `min(batch_size, train_ids.len())` distinct training ids,
 /// ascending, from `ChaCha8Rng::seed_from_u64(seed)` on stream `round`.
 pub fn draw_batch(seed: u64, round: u64, train_ids: &[u32], batch_size: usize) -> Vec<u32> {
+    draw_on_stream(seed, round, train_ids, batch_size)
+}
+
+/// Party `party`'s (enrollment index) asynchronous step `step`: drawn like
+/// [`draw_batch`] on stream `(party + 1) 2^32 + step`.
+pub fn draw_step_batch(
+    seed: u64,
+    party: usize,
+    step: u64,
+    train_ids: &[u32],
+    batch_size: usize,
+) -> Vec<u32> {
+    let stream = ((party as u64).wrapping_add(1) << 32).wrapping_add(step);
+    draw_on_stream(seed, stream, train_ids, batch_size)
+}
+
+fn draw_on_stream(seed: u64, stream: u64, train_ids: &[u32], batch_size: usize) -> Vec<u32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(round);
+    rng.set_stream(stream);
     let k = batch_size.min(train_ids.len());
     let mut batch: Vec<u32> = index::sample(&mut rng, train_ids.len(), k)
         .into_iter()
@@ -215,6 +234,20 @@ mod tests {
         let err = close_batch(&objective, &[0.0], &[0, 1], &[Some(&[3e38, 3e38])], 1e30, 4)
             .expect_err("bias overflows");
         assert!(matches!(err, VerticalError::Diverged { step: 4 }), "{err}");
+    }
+
+    #[test]
+    fn step_batches_differ_by_party_and_step_and_never_meet_round_batches() {
+        let train: Vec<u32> = (0..200).collect();
+        let b = draw_step_batch(7, 0, 1, &train, 16);
+        assert_eq!(b, draw_step_batch(7, 0, 1, &train, 16));
+        assert_ne!(b, draw_step_batch(7, 1, 1, &train, 16));
+        assert_ne!(b, draw_step_batch(7, 0, 2, &train, 16));
+        assert_ne!(b, draw_batch(7, 1, &train, 16));
+        assert_eq!(
+            draw_step_batch(7, 2, 5, &train, 16),
+            draw_batch(7, (3 << 32) + 5, &train, 16)
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub const MAX_EMBEDDING_VALUES: usize = 16 << 20;
 /// Most embedding values the valuation rebuilds: `rounds x N x output_dim x parties`
 /// (the completed histories VerFedSV reads, 200 MB of f32).
 pub const MAX_VERTICAL_HISTORY_VALUES: u64 = 50_000_000;
+/// Most party steps (`rounds x snapshot_every`) an asynchronous run takes: step numbers
+/// stay below 2^32, which keeps every party's batch stream distinct.
+pub const MAX_ASYNC_STEPS: u64 = 1 << 32;
 
 /// What the label holder optimises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +68,8 @@ pub enum VerticalTraining {
     /// Each round the server draws one mini-batch and every party embeds it.
     #[default]
     Sync,
-    /// Each party steps at its own pace (not served yet: validation refuses it).
+    /// Each party steps at its own pace against the latest embeddings of the others; the
+    /// table is snapshotted every `snapshot_every` steps (one snapshot = one round).
     Async,
 }
 
@@ -121,7 +125,7 @@ pub struct VerticalSettings {
     /// last round to report the test loss and accuracy. Empty: no evaluation pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test_ids: Vec<u32>,
-    /// `"sync"` (default) or `"async"` (refused until the server serves it).
+    /// `"sync"` (default) or `"async"`.
     #[serde(default)]
     pub training: VerticalTraining,
     /// Mini-batch size (32), capped at the number of training ids when drawn.
@@ -222,12 +226,6 @@ impl VerticalSettings {
     /// Checks every field for a federation of `rounds` rounds and `parties` parties,
     /// naming the first offending one.
     pub fn validate(&self, rounds: u64, parties: usize) -> Result<(), ConfigError> {
-        if self.training == VerticalTraining::Async {
-            return Err(ConfigError::new(
-                "vertical.training",
-                "\"async\" training is not served by this server yet; use \"sync\"",
-            ));
-        }
         if parties == 0 || parties > MAX_VERTICAL_PARTIES {
             return Err(ConfigError::new(
                 "min_clients",
@@ -293,6 +291,17 @@ impl VerticalSettings {
             return Err(ConfigError::new(
                 "vertical.snapshot_every",
                 "must be at least 1",
+            ));
+        }
+        if self.training == VerticalTraining::Async
+            && rounds.saturating_mul(u64::from(self.snapshot_every)) > MAX_ASYNC_STEPS
+        {
+            return Err(ConfigError::new(
+                "vertical.snapshot_every",
+                format!(
+                    "rounds x snapshot_every = {rounds} x {} exceeds the {MAX_ASYNC_STEPS} party steps an asynchronous run may take",
+                    self.snapshot_every
+                ),
             ));
         }
         if self.completion_rank == 0 || self.completion_rank > MAX_COMPLETION_RANK {

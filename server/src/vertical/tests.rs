@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fedval_core::data::builtin;
@@ -71,6 +72,12 @@ fn config(id: &str, labels: Vec<u32>) -> FederationConfig {
 /// What a party does besides following its tasks.
 #[derive(Clone, Copy, Default)]
 struct Plan {
+    /// Count every accepted training step of this party here.
+    count: Option<&'static AtomicU64>,
+    /// A slow party's pacing, by steps rather than by the clock (no timing in tests): before
+    /// its k-th training step it waits until the counter shows `k * ratio` steps of the
+    /// others (or stops moving: training is over).
+    follow: Option<(&'static AtomicU64, u64)>,
     /// Stop after the answer of this training round.
     stop_after: Option<u64>,
     /// In this round, make the embeddings durable and stop without waiting for the
@@ -94,6 +101,7 @@ async fn run_party(
     plan: Plan,
 ) -> Party {
     let mut changes = fed.subscribe_changes();
+    let mut steps = 0u64;
     loop {
         match fed.next_task(&client_id).await {
             NextTask::Embed {
@@ -111,18 +119,32 @@ async fn run_party(
                 let values: Vec<f32> = h.iter().copied().collect();
                 let bytes = tensor::to_le_bytes(&values);
                 let claim = EmbeddingClaim {
+                    client_id: client_id.clone(),
                     round,
                     rows: rows.len() as u32,
                     output_dim: h.ncols() as u32,
                     total_bytes: bytes.len() as u64,
                     sha256: tensor::sha256_hex(&bytes),
                 };
-                if let Admission::Open { .. } =
-                    fed.admit_embeddings(&claim).await.expect("admitted")
-                {
-                    fed.accept_embeddings(&client_id, round, values)
-                        .await
-                        .expect("accepted");
+                if let (Some((counter, ratio)), false) = (plan.follow, evaluate_only) {
+                    steps += 1;
+                    wait_for_steps(counter, steps * ratio).await;
+                }
+                // An asynchronous step can be refused because training just ended.
+                let accepted = match fed.admit_embeddings(&claim).await {
+                    Ok(Admission::Open { .. }) => {
+                        fed.accept_embeddings(&client_id, round, values).await
+                    }
+                    Ok(Admission::Replay { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                match accepted {
+                    Ok(()) => {}
+                    Err(ServiceError::FailedPrecondition(_)) => continue,
+                    Err(e) => panic!("exchange refused: {e}"),
+                }
+                if let (Some(counter), false) = (plan.count, evaluate_only) {
+                    counter.fetch_add(1, Ordering::SeqCst);
                 }
                 if plan.send_and_leave == Some(round) {
                     return party;
@@ -152,6 +174,23 @@ async fn run_party(
             }
             NextTask::Done { .. } => return party,
             other => panic!("unexpected task {other:?}"),
+        }
+    }
+}
+
+/// Waits until `counter` reaches `target`, or has not moved for half a second (the
+/// counting parties are done).
+async fn wait_for_steps(counter: &AtomicU64, target: u64) {
+    let mut last = counter.load(Ordering::SeqCst);
+    let mut still = tokio::time::Instant::now();
+    while last < target {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let now = counter.load(Ordering::SeqCst);
+        if now != last {
+            last = now;
+            still = tokio::time::Instant::now();
+        } else if still.elapsed() > Duration::from_millis(500) {
+            return;
         }
     }
 }
@@ -336,16 +375,16 @@ async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
         // Everyone does rounds 1-3; party 0 also sends round 4 and hangs up.
         let plans = [
             Plan {
-                stop_after: None,
                 send_and_leave: Some(4),
+                ..Plan::default()
             },
             Plan {
                 stop_after: Some(3),
-                send_and_leave: None,
+                ..Plan::default()
             },
             Plan {
                 stop_after: Some(3),
-                send_and_leave: None,
+                ..Plan::default()
             },
         ];
         let parties = xs.iter().map(|x| fresh(x)).collect();
@@ -401,6 +440,7 @@ async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
             let values: Vec<f32> = h.iter().copied().collect();
             let bytes = tensor::to_le_bytes(&values);
             let claim = EmbeddingClaim {
+                client_id: id.clone(),
                 round: 4,
                 rows: rows.len() as u32,
                 output_dim: 10,
@@ -451,5 +491,218 @@ async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
     // The embeddings stored before the crash were not written twice.
     let round4 = fed.store().list_embeddings("restart", 4).expect("listed");
     assert_eq!(round4.len(), 3);
+    registry.shutdown();
+}
+
+/// The asynchronous variant of [`config`]: `rounds` snapshots of `every` steps.
+fn async_config(id: &str, labels: Vec<u32>, rounds: u64, every: u32) -> FederationConfig {
+    let mut cfg = config(id, labels);
+    cfg.rounds = rounds;
+    if let Some(v) = cfg.vertical.as_mut() {
+        v.training = settings::VerticalTraining::Async;
+        v.snapshot_every = every;
+    }
+    cfg.validate().expect("valid");
+    cfg
+}
+
+/// A copy of the asynchronous run's table (after the driver started it).
+async fn table_of(fed: &Federation) -> Vec<Vec<f32>> {
+    for _ in 0..200 {
+        if let Some(run) = fed.state.lock().await.vertical.steps.as_ref() {
+            return run.table.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the asynchronous run did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_run_survives_a_restart_without_losing_an_acknowledged_step() {
+    let (xs, labels) = digits_parties();
+    let cfg = async_config("async-restart", labels, 4, 15);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let xs: Vec<Arc<Array2<f32>>> = xs.into_iter().map(Arc::new).collect();
+    let (ids, parties, table, steps_before, rounds_before) = {
+        let registry = Registry::open(Store::open_redb(dir.path()).expect("opens")).expect("reg");
+        let fed = registry.create(cfg.clone()).expect("created");
+        let ids = enroll(
+            &fed,
+            &[(*xs[0]).clone(), (*xs[1]).clone(), (*xs[2]).clone()],
+        )
+        .await;
+        // 10 + 10 + 8 = 28 durable steps: snapshot 1 (step 15) and 13 logged after it;
+        // party 2's step 8 is durable but its answer is lost.
+        let plans = [
+            Plan {
+                stop_after: Some(10),
+                ..Plan::default()
+            },
+            Plan {
+                stop_after: Some(10),
+                ..Plan::default()
+            },
+            Plan {
+                send_and_leave: Some(8),
+                ..Plan::default()
+            },
+        ];
+        let parties = xs.iter().map(|x| fresh(x)).collect();
+        let parties = run_all(&fed, &ids, &xs, parties, &plans).await;
+        let table = table_of(&fed).await;
+        let steps = fed
+            .store()
+            .list_vertical_steps("async-restart")
+            .expect("log");
+        let rounds = fed.store().list_rounds("async-restart").expect("rounds");
+        registry.shutdown();
+        (ids, parties, table, steps, rounds)
+    };
+    assert_eq!(steps_before.len(), 28);
+    assert_eq!(rounds_before.len(), 1);
+    assert_eq!(rounds_before[0].round, 1);
+    let steps_in_round_1: f64 = ids
+        .iter()
+        .map(|id| metric(&rounds_before[0], &format!("steps/{id}")))
+        .sum();
+    assert_eq!(steps_in_round_1, 15.0);
+    let mut store = None;
+    for _ in 0..100 {
+        match Store::open_redb(dir.path()) {
+            Ok(s) => {
+                store = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let registry = Registry::open(store.expect("reopens")).expect("registry");
+    let fed = registry.get("async-restart").expect("restored");
+    // Snapshot 1 plus the 13 later log entries rebuild the table bit for bit.
+    assert_eq!(table_of(&fed).await, table);
+    // Party 2's next task is step 9: step 8 counts; repeating its exchange replays the
+    // stored answer.
+    assert!(matches!(
+        fed.next_task(&ids[2]).await,
+        NextTask::Embed { round: 9, .. }
+    ));
+    let mut parties = parties;
+    let mut p2 = parties.pop().expect("party 2");
+    let batch = fed.vertical().expect("vertical").step_batch(5, 2, 8);
+    let rows: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
+    let xb = xs[2].select(Axis(0), &rows);
+    let h = p2.model.embed(xb.view()).expect("embeds");
+    let values: Vec<f32> = h.iter().copied().collect();
+    let bytes = tensor::to_le_bytes(&values);
+    let claim = EmbeddingClaim {
+        client_id: ids[2].clone(),
+        round: 8,
+        rows: rows.len() as u32,
+        output_dim: 10,
+        total_bytes: bytes.len() as u64,
+        sha256: tensor::sha256_hex(&bytes),
+    };
+    assert!(matches!(
+        fed.admit_embeddings(&claim).await.expect("admitted"),
+        Admission::Replay { .. }
+    ));
+    let reply = fed
+        .gradient_reply(&ids[2], 8, tokio::time::Instant::now())
+        .await
+        .expect("replayed");
+    let logged = steps_before
+        .iter()
+        .find(|(_, r)| r.client_id == ids[2] && r.step == 8)
+        .expect("step 8 logged");
+    assert_eq!(
+        tensor::from_le_bytes(&reply.bytes).expect("decodes"),
+        logged.1.gradients_f32()
+    );
+    let g = Array2::from_shape_vec(h.dim(), logged.1.gradients_f32()).expect("shape");
+    p2.model
+        .apply_gradients(xb.view(), g.view(), LR, 0.0)
+        .expect("updates");
+    // A step that is neither committed nor next is refused.
+    let mut skip = claim.clone();
+    skip.round = 11;
+    let err = fed.admit_embeddings(&skip).await.expect_err("not next");
+    assert!(matches!(err, ServiceError::InvalidArgument(_)), "{err}");
+    parties.push(p2);
+    run_all(&fed, &ids, &xs, parties, &[Plan::default(); 3]).await;
+    wait_finished(&fed).await;
+    // Nothing acknowledged was lost or written twice: the log's first 28 entries are the
+    // ones before the restart, and 4 x 15 steps were taken in all.
+    let steps_after = fed
+        .store()
+        .list_vertical_steps("async-restart")
+        .expect("log");
+    assert_eq!(steps_after.len(), 60);
+    assert_eq!(&steps_after[..28], &steps_before[..]);
+    let rounds = fed.store().list_rounds("async-restart").expect("rounds");
+    assert_eq!(rounds.len(), 4);
+    assert_eq!(rounds[0].metrics, rounds_before[0].metrics);
+    for r in &rounds {
+        let steps: f64 = ids.iter().map(|id| metric(r, &format!("steps/{id}"))).sum();
+        assert_eq!(steps, 15.0, "round {}", r.round);
+        assert_eq!(r.valuation_status, ValuationStatus::Done);
+    }
+    let last = rounds.last().expect("last");
+    assert!(metric(last, "verfedsv_balance_error").abs() < 1e-9);
+    assert!(metric(last, "verfedsv_loss_decrease") > 0.0);
+    assert!(metric(last, "test_accuracy") > 0.5, "{:?}", last.metrics);
+    registry.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_that_steps_less_often_than_its_twin_is_valued_lower() {
+    let (mut xs, labels) = digits_parties();
+    // Party 2 is a twin of party 0 (the same columns) that takes one step for every six
+    // of the two others together (about one for three of its twin's).
+    xs[2] = xs[0].clone();
+    let cfg = async_config("async-twins", labels, 10, 30);
+    let registry = Registry::open(Store::memory()).expect("registry");
+    let fed = registry.create(cfg).expect("created");
+    let ids = enroll(&fed, &xs).await;
+    let xs: Vec<Arc<Array2<f32>>> = xs.into_iter().map(Arc::new).collect();
+    let parties = xs.iter().map(|x| fresh(x)).collect();
+    static FAST_STEPS: AtomicU64 = AtomicU64::new(0);
+    let fast = Plan {
+        count: Some(&FAST_STEPS),
+        ..Plan::default()
+    };
+    let slow = Plan {
+        follow: Some((&FAST_STEPS, 6)),
+        ..Plan::default()
+    };
+    run_all(&fed, &ids, &xs, parties, &[fast, fast, slow]).await;
+    wait_finished(&fed).await;
+    let rounds = fed.store().list_rounds("async-twins").expect("rounds");
+    assert_eq!(rounds.len(), 10);
+    let total = |m: usize| -> (f64, f64) {
+        let steps = rounds
+            .iter()
+            .map(|r| metric(r, &format!("steps/{}", ids[m])))
+            .sum();
+        let value = rounds
+            .iter()
+            .flat_map(|r| &r.values)
+            .filter(|v| v.client_id == ids[m])
+            .map(|v| v.value)
+            .sum();
+        (steps, value)
+    };
+    let (fast, slow) = (total(0), total(2));
+    eprintln!(
+        "async twins: fast twin {} steps, value {:.4}; right half {:?}; slow twin {} steps, value {:.4}",
+        fast.0,
+        fast.1,
+        total(1),
+        slow.0,
+        slow.1
+    );
+    assert!(fast.0 >= 2.0 * slow.0, "fast {fast:?} slow {slow:?}");
+    assert!(fast.1 > slow.1, "fast {fast:?} slow {slow:?}");
+    let last = rounds.last().expect("last");
+    assert!(metric(last, "verfedsv_balance_error").abs() < 1e-9);
     registry.shutdown();
 }

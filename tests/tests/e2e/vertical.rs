@@ -235,16 +235,16 @@ async fn vertical_parties_train_over_grpc_and_are_valued() {
     let url = server.url();
     let mut admin = admin(&url).await;
 
-    let mut asynchronous = federation(&data);
-    if let Some(v) = asynchronous.vertical.as_mut() {
-        v.training = "async".into();
+    let mut unknown = federation(&data);
+    if let Some(v) = unknown.vertical.as_mut() {
+        v.training = "later".into();
     }
     let err = admin
         .create_federation(pb::CreateFederationRequest {
-            config: Some(asynchronous),
+            config: Some(unknown),
         })
         .await
-        .expect_err("async refused");
+        .expect_err("unknown training mode refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("vertical.training"), "{err:?}");
 
