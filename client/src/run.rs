@@ -177,15 +177,7 @@ pub async fn run_node<T: Trainer>(
             Task::Wait {
                 retry_after,
                 reason,
-            } => {
-                let retry_after = retry_after.min(opts.max_wait);
-                debug!(?retry_after, %reason, "waiting");
-                opts.emit(NodeEvent::Waiting {
-                    retry_after,
-                    reason,
-                });
-                tokio::time::sleep(retry_after).await;
-            }
+            } => wait(opts, retry_after, reason).await,
             Task::Train(task) => {
                 let global = model(client, &mut cache, task.model_version, opts).await?;
                 let round = task.round;
@@ -243,6 +235,17 @@ async fn finish<T: Trainer>(
         final_model,
         final_metrics,
     })
+}
+
+/// Answers a Wait task: reports it and sleeps `retry_after`, capped at `opts.max_wait`.
+pub(crate) async fn wait(opts: &RunOptions, retry_after: Duration, reason: String) {
+    let retry_after = retry_after.min(opts.max_wait);
+    debug!(?retry_after, %reason, "waiting");
+    opts.emit(NodeEvent::Waiting {
+        retry_after,
+        reason,
+    });
+    tokio::time::sleep(retry_after).await;
 }
 
 /// Runs `call` until it succeeds, fails for good, or `opts.max_retries` retries are spent.

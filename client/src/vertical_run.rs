@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use crate::error::ClientError;
 use crate::party::VerticalTrainer;
-use crate::run::{NodeEvent, RunOptions, blocking, retry};
+use crate::run::{NodeEvent, RunOptions, blocking, retry, wait};
 use crate::task::{EmbedTask, VerticalTask};
 use crate::vertical::{Gradients, VerticalClient};
 
@@ -62,15 +62,7 @@ pub async fn run_vertical_node<T: VerticalTrainer>(
             VerticalTask::Wait {
                 retry_after,
                 reason,
-            } => {
-                let retry_after = retry_after.min(opts.max_wait);
-                debug!(?retry_after, %reason, "waiting");
-                opts.emit(NodeEvent::Waiting {
-                    retry_after,
-                    reason,
-                });
-                tokio::time::sleep(retry_after).await;
-            }
+            } => wait(opts, retry_after, reason).await,
             VerticalTask::Embed(task) => {
                 let task = Arc::new(task);
                 let embed_task = Arc::clone(&task);

@@ -130,30 +130,12 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<Streaming<pb::EmbeddingMessage>>,
     ) -> Result<Response<Self::ExchangeEmbeddingsStream>, Status> {
-        let token = auth::bearer_from_metadata(request.metadata())
-            .map_err(ServiceError::from)?
-            .to_string();
-        let mut stream = request.into_inner();
-        let first = tokio::time::timeout(HEADER_TIMEOUT, stream.message())
-            .await
-            .map_err(|_| {
-                ServiceError::InvalidArgument(format!(
-                    "no EmbeddingHeader within {} s of opening the exchange; send the header first",
-                    HEADER_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(stream_error)?;
-        let header = match first {
-            Some(pb::EmbeddingMessage {
-                kind: Some(pb::embedding_message::Kind::Header(h)),
-            }) => h,
-            _ => {
-                return Err(ServiceError::InvalidArgument(
-                    "an exchange must start with an EmbeddingHeader message".into(),
-                )
-                .into());
-            }
-        };
+        let (token, mut stream, header) =
+            open_transfer(request, "EmbeddingHeader", "exchange", |m| match m.kind {
+                Some(pb::embedding_message::Kind::Header(h)) => Some(h),
+                _ => None,
+            })
+            .await?;
         let fed = self.registry.get(&header.federation_id)?;
         fed.authenticate(&token, &header.client_id).await?;
         let claim = EmbeddingClaim {
@@ -174,20 +156,20 @@ impl Coordinator for CoordinatorService {
         };
         // One transfer per client at a time, and none outliving its round.
         let slot = fed.begin_upload(&header.client_id)?;
-        let bytes = tokio::time::timeout_at(
+        let bytes = receive_chunks(
+            &mut stream,
             deadline,
-            receive_chunks(&mut stream, expected, |m: pb::EmbeddingMessage| match m.kind {
+            expected,
+            |m| match m.kind {
                 Some(pb::embedding_message::Kind::Chunk(c)) => Some(c),
                 _ => None,
-            }),
-        )
-        .await
-        .map_err(|_| {
-            ServiceError::FailedPrecondition(format!(
+            },
+            || format!(
                 "round {} closed before the embeddings arrived (its deadline passed); they were not accepted",
                 claim.round
-            ))
-        })??;
+            ),
+        )
+        .await?;
         drop(slot);
         let values = checked_embeddings(&bytes, &claim.sha256)?;
         if let Admission::Open { .. } = admission {
@@ -271,30 +253,12 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<Streaming<pb::UploadMessage>>,
     ) -> Result<Response<pb::UploadAck>, Status> {
-        let token = auth::bearer_from_metadata(request.metadata())
-            .map_err(ServiceError::from)?
-            .to_string();
-        let mut stream = request.into_inner();
-        let first = tokio::time::timeout(HEADER_TIMEOUT, stream.message())
-            .await
-            .map_err(|_| {
-                ServiceError::InvalidArgument(format!(
-                    "no UpdateHeader within {} s of opening the upload; send the header first",
-                    HEADER_TIMEOUT.as_secs()
-                ))
-            })?
-            .map_err(stream_error)?;
-        let header = match first {
-            Some(pb::UploadMessage {
-                kind: Some(pb::upload_message::Kind::Header(h)),
-            }) => h,
-            _ => {
-                return Err(ServiceError::InvalidArgument(
-                    "an upload must start with an UpdateHeader message".into(),
-                )
-                .into());
-            }
-        };
+        let (token, mut stream, header) =
+            open_transfer(request, "UpdateHeader", "upload", |m| match m.kind {
+                Some(pb::upload_message::Kind::Header(h)) => Some(h),
+                _ => None,
+            })
+            .await?;
         let fed = self.registry.get(&header.federation_id)?;
         fed.authenticate(&token, &header.client_id).await?;
         let claim = UploadClaim {
@@ -313,34 +277,25 @@ impl Coordinator for CoordinatorService {
         // One upload per client at a time, and none outliving its round: a client cannot
         // make the server hold many model-sized buffers, or one for ever.
         let _slot = fed.begin_upload(&header.client_id)?;
-        let bytes = tokio::time::timeout_at(
+        let bytes = receive_chunks(
+            &mut stream,
             admitted.deadline,
-            receive_chunks(
-                &mut stream,
-                admitted.expected_bytes,
-                |m: pb::UploadMessage| match m.kind {
-                    Some(pb::upload_message::Kind::Chunk(c)) => Some(c),
-                    _ => None,
-                },
-            ),
-        )
-        .await
-        .map_err(|_| {
-            ServiceError::FailedPrecondition(format!(
+            admitted.expected_bytes,
+            |m| match m.kind {
+                Some(pb::upload_message::Kind::Chunk(c)) => Some(c),
+                _ => None,
+            },
+            || format!(
                 "round {} closed before the upload finished (its deadline passed); the update was not accepted",
                 claim.round
-            ))
-        })??;
-        let digest = tensor::sha256_hex(&bytes);
-        if digest != claim.sha256 {
-            return Err(ServiceError::InvalidArgument(format!(
-                "checksum mismatch: the header says sha256 {}, the received bytes hash to {digest}; the update was corrupted or truncated, upload it again",
-                claim.sha256
-            ))
-            .into());
-        }
-        let delta = tensor::from_le_bytes(&bytes).map_err(ServiceError::from)?;
-        tensor::check_finite(&delta).map_err(ServiceError::from)?;
+            ),
+        )
+        .await?;
+        let delta = checked_tensor(
+            &bytes,
+            &claim.sha256,
+            "the update was corrupted or truncated, upload it again",
+        )?;
         let round = fed.accept_update(&header.client_id, claim, delta).await?;
         Ok(Response::new(pb::UploadAck {
             round,
@@ -364,9 +319,56 @@ impl Coordinator for CoordinatorService {
     }
 }
 
+/// Opens a chunked transfer (an upload or an exchange): reads the caller's bearer token
+/// and the stream's first message, which must be a header (`header_of` extracts it;
+/// `None`: not a header) arriving within [`HEADER_TIMEOUT`]. `header` and `transfer`
+/// name the header message and the transfer in errors.
+async fn open_transfer<M, H>(
+    request: Request<Streaming<M>>,
+    header: &str,
+    transfer: &str,
+    header_of: impl FnOnce(M) -> Option<H>,
+) -> Result<(String, Streaming<M>, H), Status> {
+    let token = auth::bearer_from_metadata(request.metadata())
+        .map_err(ServiceError::from)?
+        .to_string();
+    let mut stream = request.into_inner();
+    let first = tokio::time::timeout(HEADER_TIMEOUT, stream.message())
+        .await
+        .map_err(|_| {
+            ServiceError::InvalidArgument(format!(
+                "no {header} within {} s of opening the {transfer}; send the header first",
+                HEADER_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(stream_error)?;
+    match first.and_then(header_of) {
+        Some(h) => Ok((token, stream, h)),
+        None => Err(ServiceError::InvalidArgument(format!(
+            "an {transfer} must start with an {header} message"
+        ))
+        .into()),
+    }
+}
+
 /// Receives the chunks that follow a header (an upload's or an exchange's), in order,
-/// into `expected` bytes; `chunk_of` extracts a message's chunk (`None`: not a chunk).
+/// into `expected` bytes before `deadline`; `chunk_of` extracts a message's chunk
+/// (`None`: not a chunk), and `closed` says why a transfer that missed the deadline was
+/// refused.
 async fn receive_chunks<M>(
+    stream: &mut Streaming<M>,
+    deadline: Instant,
+    expected: usize,
+    chunk_of: impl Fn(M) -> Option<pb::TensorChunk>,
+    closed: impl FnOnce() -> String,
+) -> Result<Vec<u8>, Status> {
+    tokio::time::timeout_at(deadline, reassemble(stream, expected, chunk_of))
+        .await
+        .map_err(|_| ServiceError::FailedPrecondition(closed()))?
+}
+
+/// The untimed part of [`receive_chunks`]: reassembles the chunks into `expected` bytes.
+async fn reassemble<M>(
     stream: &mut Streaming<M>,
     expected: usize,
     chunk_of: impl Fn(M) -> Option<pb::TensorChunk>,
@@ -386,17 +388,29 @@ async fn receive_chunks<M>(
     Ok(data.finish().map_err(ServiceError::from)?)
 }
 
-/// Decodes received embedding bytes after checking their checksum, finiteness and
-/// magnitude (at most [`MAX_EMBEDDING_ABS`]).
-fn checked_embeddings(bytes: &[u8], sha256: &str) -> ServiceResult<Vec<f32>> {
+/// Decodes received tensor bytes after checking their checksum against the header's
+/// `sha256` (`mismatch` ends the error: what was corrupted and what to do) and their
+/// finiteness.
+fn checked_tensor(bytes: &[u8], sha256: &str, mismatch: &str) -> ServiceResult<Vec<f32>> {
     let digest = tensor::sha256_hex(bytes);
     if digest != sha256 {
         return Err(ServiceError::InvalidArgument(format!(
-            "checksum mismatch: the header says sha256 {sha256}, the received bytes hash to {digest}; the embeddings were corrupted or truncated, send them again"
+            "checksum mismatch: the header says sha256 {sha256}, the received bytes hash to {digest}; {mismatch}"
         )));
     }
     let values = tensor::from_le_bytes(bytes)?;
     tensor::check_finite(&values)?;
+    Ok(values)
+}
+
+/// Decodes received embedding bytes after checking their checksum, finiteness and
+/// magnitude (at most [`MAX_EMBEDDING_ABS`]).
+fn checked_embeddings(bytes: &[u8], sha256: &str) -> ServiceResult<Vec<f32>> {
+    let values = checked_tensor(
+        bytes,
+        sha256,
+        "the embeddings were corrupted or truncated, send them again",
+    )?;
     if let Some((i, v)) = values
         .iter()
         .enumerate()

@@ -36,7 +36,8 @@ use crate::federation::{
 use crate::round_close::{RfflInputs, close_rffl_round, close_round};
 use crate::round_value::values_rounds;
 use crate::store::{
-    ClientReputation, FairRewardRound, FederationStatus, RoundRecord, StoreError, ValuationStatus,
+    ClientReputation, FairRewardRound, FederationRecord, FederationStatus, RoundRecord, StoreError,
+    ValuationStatus,
 };
 
 /// First delay before a failed step is retried; it doubles up to [`RETRY_MAX`].
@@ -74,8 +75,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-enum Step {
+/// What a loop does after one step.
+pub(crate) enum Step {
+    /// Keep going.
     Continue,
+    /// The federation ended or the server shuts down.
     Exit,
 }
 
@@ -88,32 +92,65 @@ pub(crate) fn retry_delay(failures: u32) -> Duration {
     RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
 }
 
-async fn drive(fed: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
-    let mut changes = fed.subscribe_changes();
-    let mut failures = 0u32;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        match step(&fed, &mut changes, &mut shutdown).await {
-            Ok(Step::Exit) => return,
+/// The failure bookkeeping the horizontal round loop and the vertical driver share: a
+/// failing step is logged (as `what`), shown as the federation's `loop_error` and retried
+/// after [`retry_delay`]; the first success after failures clears that error.
+pub(crate) struct Retry {
+    /// Names the loop in log lines.
+    what: &'static str,
+    /// Consecutive failed steps so far.
+    failures: u32,
+}
+
+impl Retry {
+    /// Bookkeeping for the loop named `what`, with no failures yet.
+    pub(crate) fn new(what: &'static str) -> Self {
+        Self { what, failures: 0 }
+    }
+
+    /// Settles one step's `outcome`: answers [`Step::Exit`] when the loop must end (the
+    /// step said so, or `shutdown` turned true during a back-off), else [`Step::Continue`].
+    pub(crate) async fn settle(
+        &mut self,
+        fed: &Federation,
+        outcome: ServiceResult<Step>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Step {
+        let what = self.what;
+        match outcome {
+            Ok(Step::Exit) => Step::Exit,
             Ok(Step::Continue) => {
-                if failures > 0 {
-                    tracing::info!(federation = %fed.id(), failures, "round loop recovered");
+                if self.failures > 0 {
+                    let failures = self.failures;
+                    tracing::info!(federation = %fed.id(), failures, "{what} recovered");
                     fed.set_loop_error(None).await;
-                    failures = 0;
+                    self.failures = 0;
                 }
+                Step::Continue
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
+                self.failures = self.failures.saturating_add(1);
+                let failures = self.failures;
                 let delay = retry_delay(failures);
-                tracing::error!(federation = %fed.id(), error = %e, failures, ?delay, "round loop step failed; retrying");
+                tracing::error!(federation = %fed.id(), error = %e, failures, ?delay, "{what} step failed; retrying");
                 fed.set_loop_error(Some(e.to_string())).await;
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(delay) => Step::Continue,
+                    _ = shutdown.changed() => Step::Exit,
                 }
             }
+        }
+    }
+}
+
+/// Runs a horizontal federation's rounds, retrying failed steps with [`Retry`].
+async fn drive(fed: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = fed.subscribe_changes();
+    let mut retry = Retry::new("round loop");
+    while !*shutdown.borrow() {
+        let outcome = step(&fed, &mut changes, &mut shutdown).await;
+        if let Step::Exit = retry.settle(&fed, outcome, &mut shutdown).await {
+            return;
         }
     }
 }
@@ -143,18 +180,24 @@ async fn step(
     Ok(Step::Continue)
 }
 
+/// The [`Event::Ended`] a loop emits before it exits, if the federation `record`
+/// describes has finished or was stopped.
+pub(crate) fn ended_event(record: &FederationRecord) -> Option<Event> {
+    matches!(
+        record.status,
+        FederationStatus::Finished | FederationStatus::Stopped
+    )
+    .then(|| Event::Ended {
+        status: record.status,
+        committed_rounds: record.committed_rounds,
+    })
+}
+
 /// Finishes the federation, or makes sure a round is open. `None`: waiting for clients.
 async fn open_or_finish(fed: &Arc<Federation>) -> ServiceResult<Option<Step>> {
     let config = fed.config();
     let mut st = fed.state.lock().await;
-    if matches!(
-        st.record.status,
-        FederationStatus::Finished | FederationStatus::Stopped
-    ) {
-        let ended = Event::Ended {
-            status: st.record.status,
-            committed_rounds: st.record.committed_rounds,
-        };
+    if let Some(ended) = ended_event(&st.record) {
         drop(st);
         fed.emit(ended);
         return Ok(Some(Step::Exit));
@@ -342,26 +385,17 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     let valued = values_rounds(fed.config());
     // The valuation runs after the commit (valuation_worker) and completes this record.
     let record = RoundRecord {
-        round: number,
-        model_version: new_version,
-        participants,
-        stragglers,
-        metrics: outcome.metrics,
-        values: Vec::new(),
-        valuation_method: if valued { String::new() } else { "none".into() },
-        evaluations: 0,
-        utility_full: f64::NAN,
-        utility_empty: f64::NAN,
-        valuation_ms: 0,
-        valuation_status: if valued {
-            ValuationStatus::Pending
-        } else {
-            ValuationStatus::Skipped
-        },
-        valuation_stop: String::new(),
         reputations: std::mem::take(&mut policy.reputations),
         reputation_threshold: policy.threshold,
         fair_reward: policy.fair_round.take(),
+        ..RoundRecord::committed(
+            number,
+            new_version,
+            participants,
+            stragglers,
+            outcome.metrics,
+            valued,
+        )
     };
     let new_model = Arc::new(GlobalModel::new(new_version, outcome.params));
     // Fair reward: the recipients' own model becomes the new global model.

@@ -24,6 +24,7 @@ use fedval_server::store::Store;
 use fedval_server::{RunningServer, ServerSettings};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::oneshot;
+use tonic::Streaming;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -273,16 +274,26 @@ fn standalone_accuracies(
 }
 
 /// The server a run talks to: an embedded one (shut down by the caller) or a remote one,
-/// its URL, and the id of the run's federation.
+/// its URL, the id and enrollment secret of the run's federation (created there), an
+/// Admin client, the federation's event stream and the nodes' retry options.
 pub(crate) struct Target {
     pub(crate) embedded: Option<RunningServer>,
     pub(crate) url: String,
     pub(crate) federation_id: String,
+    pub(crate) secret: String,
+    pub(crate) admin: Admin,
+    pub(crate) events: Streaming<pb::FederationEvent>,
+    pub(crate) run_opts: RunOptions,
 }
 
-/// Starts the embedded server unless `opts` names a remote one, and picks the federation
-/// id (`sim` on an embedded server, unique on a remote one).
-pub(crate) async fn target(opts: &SimOptions) -> Result<Target, SimError> {
+/// Starts the embedded server unless `opts` names a remote one, picks the federation id
+/// (`sim` on an embedded server, unique on a remote one) and the enrollment secret,
+/// creates the federation `federation(id, secret)` describes and subscribes to its events
+/// (before any node enrolls, so no round event is missed).
+pub(crate) async fn target(
+    opts: &SimOptions,
+    federation: impl FnOnce(&str, &str) -> pb::FederationConfig,
+) -> Result<Target, SimError> {
     let config = &opts.config;
     let embedded = match &opts.server {
         Some(_) => None,
@@ -305,10 +316,32 @@ pub(crate) async fn target(opts: &SimOptions) -> Result<Target, SimError> {
             fedval_server::federation::now_ms()
         ),
     };
+    let secret = format!("enroll-{}", config.seed);
+    let mut admin = admin_client(connect(&url).await?, &opts.admin_token)?;
+    admin
+        .create_federation(pb::CreateFederationRequest {
+            config: Some(federation(&federation_id, &secret)),
+        })
+        .await?;
+    let events = admin
+        .watch_events(pb::WatchEventsRequest {
+            federation_id: federation_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let run_opts = RunOptions {
+        max_retries: 8,
+        max_wait: Duration::from_secs(2),
+        ..RunOptions::default()
+    };
     Ok(Target {
         embedded,
         url,
         federation_id,
+        secret,
+        admin,
+        events,
+        run_opts,
     })
 }
 
@@ -327,6 +360,73 @@ pub(crate) fn progress_bar(progress: bool, rounds: u64) -> ProgressBar {
     bar
 }
 
+/// Calls `on_commit` with every round the federation commits until it ends; subscribe
+/// before any node enrolls so no round is missed.
+pub(crate) async fn follow_rounds(
+    events: &mut Streaming<pb::FederationEvent>,
+    mut on_commit: impl FnMut(&pb::RoundRecord),
+) -> Result<(), SimError> {
+    while let Some(event) = events.message().await? {
+        match event.kind {
+            Some(pb::federation_event::Kind::RoundCommitted(r)) => on_commit(&r),
+            Some(pb::federation_event::Kind::Ended(_)) => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What a finished run leaves: every node's result (in node order), and the rounds and
+/// contributions the server recorded.
+pub(crate) struct Finished<T> {
+    pub(crate) results: Vec<T>,
+    pub(crate) rounds: Vec<pb::RoundRecord>,
+    pub(crate) contributions: Vec<pb::ClientContribution>,
+}
+
+/// Ends a run: joins every node task (`what` names the nodes in a panic's error), sorts
+/// the results by `index`, reads the federation's rounds and contributions, and shuts the
+/// embedded server down (if any).
+pub(crate) async fn finish<T>(
+    tasks: Vec<tokio::task::JoinHandle<Result<T, SimError>>>,
+    what: &str,
+    index: impl Fn(&T) -> usize,
+    admin: &mut Admin,
+    federation_id: &str,
+    embedded: Option<RunningServer>,
+) -> Result<Finished<T>, SimError> {
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(
+            task.await
+                .map_err(|e| SimError::Client(format!("{what} task panicked: {e}")))??,
+        );
+    }
+    results.sort_by_key(|r| index(r));
+    let rounds = admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation_id: federation_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .rounds;
+    let contributions = admin
+        .get_contributions(pb::GetContributionsRequest {
+            federation_id: federation_id.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .contributions;
+    if let Some(server) = embedded {
+        server.shutdown().await?;
+    }
+    Ok(Finished {
+        results,
+        rounds,
+        contributions,
+    })
+}
+
 /// Runs the whole simulation and returns its report (files are written by the caller);
 /// a vertical scenario runs with [`crate::vertical::run`].
 pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
@@ -340,33 +440,14 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         embedded,
         url,
         federation_id,
-    } = target(opts).await?;
-    let secret = format!("enroll-{}", config.seed);
-
-    let mut admin = admin_client(connect(&url).await?, &opts.admin_token)?;
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(federation_config(
-                &federation_id,
-                &secret,
-                config,
-                &prepared,
-            )),
-        })
-        .await?;
-    // Subscribe before any client enrolls so no round event is missed.
-    let mut events = admin
-        .watch_events(pb::WatchEventsRequest {
-            federation_id: federation_id.clone(),
-        })
-        .await?
-        .into_inner();
-
-    let run_opts = RunOptions {
-        max_retries: 8,
-        max_wait: Duration::from_secs(2),
-        ..RunOptions::default()
-    };
+        secret,
+        mut admin,
+        mut events,
+        run_opts,
+    } = target(opts, |id, secret| {
+        federation_config(id, secret, config, &prepared)
+    })
+    .await?;
     let launch = Launch {
         url: url.clone(),
         federation_id: federation_id.clone(),
@@ -394,59 +475,41 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
 
     let bar = progress_bar(opts.progress, config.rounds);
     bar.set_message("waiting for clients");
-    while let Some(event) = events.message().await? {
-        match event.kind {
-            Some(pb::federation_event::Kind::RoundCommitted(r)) => {
-                let acc = r
-                    .metrics
-                    .iter()
-                    .find(|m| m.name == "val_accuracy")
-                    .map_or(f64::NAN, |m| m.value);
-                bar.set_position(r.round);
-                bar.set_message(format!("val acc {acc:.3}"));
-                if r.round >= config.adversaries.late_join_round {
-                    for (index, plan, seed, attack) in late.drain(..) {
-                        let (done, next) = oneshot::channel();
-                        let turn = Turn {
-                            wait: previous.replace(next),
-                            done,
-                        };
-                        tasks.push(spawn_client(&launch, index, plan, seed, attack, turn));
-                    }
-                }
+    follow_rounds(&mut events, |r| {
+        let acc = r
+            .metrics
+            .iter()
+            .find(|m| m.name == "val_accuracy")
+            .map_or(f64::NAN, |m| m.value);
+        bar.set_position(r.round);
+        bar.set_message(format!("val acc {acc:.3}"));
+        if r.round >= config.adversaries.late_join_round {
+            for (index, plan, seed, attack) in late.drain(..) {
+                let (done, next) = oneshot::channel();
+                let turn = Turn {
+                    wait: previous.replace(next),
+                    done,
+                };
+                tasks.push(spawn_client(&launch, index, plan, seed, attack, turn));
             }
-            Some(pb::federation_event::Kind::Ended(_)) => break,
-            _ => {}
         }
-    }
+    })
+    .await?;
     bar.finish_and_clear();
 
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(
-            task.await
-                .map_err(|e| SimError::Client(format!("client task panicked: {e}")))??,
-        );
-    }
-    results.sort_by_key(|r| r.index);
-
-    let rounds = admin
-        .list_rounds(pb::ListRoundsRequest {
-            federation_id: federation_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .rounds;
-    let contributions = admin
-        .get_contributions(pb::GetContributionsRequest {
-            federation_id: federation_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .contributions;
-    if let Some(server) = embedded {
-        server.shutdown().await?;
-    }
+    let Finished {
+        results,
+        rounds,
+        contributions,
+    } = finish(
+        tasks,
+        "client",
+        |r| r.index,
+        &mut admin,
+        &federation_id,
+        embedded,
+    )
+    .await?;
 
     let spec = model_spec(config.model, &prepared.test);
     let test = final_test(config, &spec, &prepared, &results)?;

@@ -32,7 +32,9 @@ use tokio::sync::oneshot;
 use crate::SimError;
 use crate::metrics::RunMetrics;
 use crate::report::{ClientRow, Report, VerticalOutcome};
-use crate::runner::{SimOptions, Target, Turn, admin_client, progress_bar, round_row, target};
+use crate::runner::{
+    Finished, SimOptions, Target, Turn, finish, follow_rounds, progress_bar, round_row, target,
+};
 use crate::scenario::{PartyBehaviour, SimConfig, VerticalSim};
 
 /// One party before it starts.
@@ -302,32 +304,14 @@ pub async fn run(opts: &SimOptions, started: Instant) -> Result<Report, SimError
         embedded,
         url,
         federation_id,
-    } = target(opts).await?;
-    let secret = format!("enroll-{}", config.seed);
-    let mut admin = admin_client(connect(&url).await?, &opts.admin_token)?;
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(federation_config(
-                &federation_id,
-                &secret,
-                config,
-                v,
-                &prepared,
-            )),
-        })
-        .await?;
-    let mut events = admin
-        .watch_events(pb::WatchEventsRequest {
-            federation_id: federation_id.clone(),
-        })
-        .await?
-        .into_inner();
-
-    let run_opts = RunOptions {
-        max_retries: 8,
-        max_wait: Duration::from_secs(2),
-        ..RunOptions::default()
-    };
+        secret,
+        mut admin,
+        mut events,
+        run_opts,
+    } = target(opts, |id, secret| {
+        federation_config(id, secret, config, v, &prepared)
+    })
+    .await?;
     let mut tasks = Vec::with_capacity(prepared.parties.len());
     let mut previous: Option<oneshot::Receiver<()>> = None;
     for (index, plan) in prepared.parties.iter().cloned().enumerate() {
@@ -349,44 +333,26 @@ pub async fn run(opts: &SimOptions, started: Instant) -> Result<Report, SimError
 
     let bar = progress_bar(opts.progress, config.rounds);
     bar.set_message("waiting for parties");
-    while let Some(event) = events.message().await? {
-        match event.kind {
-            Some(pb::federation_event::Kind::RoundCommitted(r)) => {
-                bar.set_position(r.round);
-                bar.set_message(format!("batch loss {:.3}", metric(&r, "loss")));
-            }
-            Some(pb::federation_event::Kind::Ended(_)) => break,
-            _ => {}
-        }
-    }
+    follow_rounds(&mut events, |r| {
+        bar.set_position(r.round);
+        bar.set_message(format!("batch loss {:.3}", metric(r, "loss")));
+    })
+    .await?;
     bar.finish_and_clear();
 
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(
-            task.await
-                .map_err(|e| SimError::Client(format!("party task panicked: {e}")))??,
-        );
-    }
-    results.sort_by_key(|r| r.index);
-
-    let rounds = admin
-        .list_rounds(pb::ListRoundsRequest {
-            federation_id: federation_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .rounds;
-    let contributions = admin
-        .get_contributions(pb::GetContributionsRequest {
-            federation_id: federation_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .contributions;
-    if let Some(server) = embedded {
-        server.shutdown().await?;
-    }
+    let Finished {
+        results,
+        rounds,
+        contributions,
+    } = finish(
+        tasks,
+        "party",
+        |r| r.index,
+        &mut admin,
+        &federation_id,
+        embedded,
+    )
+    .await?;
 
     let (centralised_test_loss, centralised_test_accuracy, centralised_epochs) = {
         let (config, v, prepared) = (config.clone(), v.clone(), prepared.clone());

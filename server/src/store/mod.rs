@@ -204,6 +204,29 @@ fn decode_tensor(key: &[u8], bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
     })
 }
 
+/// Adds `record`, encoded, to `batch` under `key` (replacing what is stored there).
+fn with_record<T: Serialize>(batch: Batch, key: Vec<u8>, record: &T) -> Result<Batch, StoreError> {
+    let value = encode(&key, record)?;
+    Ok(batch.put(key, value))
+}
+
+/// Adds a committed round to `batch`: its record (the batch fails with
+/// [`StoreError::Conflict`] if the round is already stored) and the model it produced, as
+/// version `round.model_version`.
+fn with_round(
+    batch: Batch,
+    federation: &str,
+    round: &RoundRecord,
+    model: &[f32],
+) -> Result<Batch, StoreError> {
+    let key = keys::round(federation, round.round);
+    let value = encode(&key, round)?;
+    Ok(batch.insert_new(key, value).put(
+        keys::model(federation, round.model_version),
+        fedval_core::tensor::to_le_bytes(model),
+    ))
+}
+
 /// The coordinator's durable state; cheap to clone (one shared backend).
 #[derive(Clone)]
 pub struct Store {
@@ -274,9 +297,11 @@ impl Store {
 
     /// Overwrites a federation's record (status changes outside a round commit).
     pub fn put_federation(&self, rec: &FederationRecord) -> Result<(), StoreError> {
-        let key = keys::federation(&rec.config.id);
-        let value = encode(&key, rec)?;
-        self.kv.commit(Batch::new().put(key, value))
+        self.kv.commit(with_record(
+            Batch::new(),
+            keys::federation(&rec.config.id),
+            rec,
+        )?)
     }
 
     /// The federation `id`, if it exists.
@@ -371,11 +396,7 @@ impl Store {
         federation: &str,
         version: u64,
     ) -> Result<Option<Vec<f32>>, StoreError> {
-        let key = keys::model(federation, version);
-        self.kv
-            .get(&key)?
-            .map(|bytes| decode_tensor(&key, &bytes))
-            .transpose()
+        self.get_tensor(&keys::model(federation, version))
     }
 
     /// A client's own model (reward-policy federations) of `version`, if stored.
@@ -385,11 +406,7 @@ impl Store {
         client_id: &str,
         version: u64,
     ) -> Result<Option<Vec<f32>>, StoreError> {
-        let key = keys::client_model(federation, client_id, version);
-        self.kv
-            .get(&key)?
-            .map(|bytes| decode_tensor(&key, &bytes))
-            .transpose()
+        self.get_tensor(&keys::client_model(federation, client_id, version))
     }
 
     /// Commits a round in ONE atomic, durable batch: the round record, the new model (as
@@ -406,21 +423,15 @@ impl Store {
         client_models: &[(String, &[f32])],
         fed: &FederationRecord,
     ) -> Result<(), StoreError> {
-        let round_key = keys::round(federation, round.round);
-        let round_value = encode(&round_key, round)?;
-        let fed_key = keys::federation(federation);
-        let fed_value = encode(&fed_key, fed)?;
-        let mut batch = Batch::new().insert_new(round_key, round_value).put(
-            keys::model(federation, round.model_version),
-            fedval_core::tensor::to_le_bytes(new_model),
-        );
+        let mut batch = with_round(Batch::new(), federation, round, new_model)?;
         for (client_id, model) in client_models {
             batch = batch.put(
                 keys::client_model(federation, client_id, round.model_version),
                 fedval_core::tensor::to_le_bytes(model),
             );
         }
-        self.kv.commit(batch.put(fed_key, fed_value))
+        self.kv
+            .commit(with_record(batch, keys::federation(federation), fed)?)
     }
 
     /// Vertical federations: stores party `client_id`'s embeddings of `round` (row-major
@@ -445,21 +456,12 @@ impl Store {
         federation: &str,
         round: u64,
     ) -> Result<Vec<(String, Vec<f32>)>, StoreError> {
-        let prefix = keys::embeddings(federation, round);
-        self.kv
-            .scan_prefix(&prefix)?
-            .into_iter()
-            .map(|(k, v)| {
-                let client_id = k
-                    .get(prefix.len()..)
-                    .and_then(keys::unpart)
-                    .ok_or_else(|| StoreError::Corrupt {
-                        key: kv::display_key(&k),
-                        reason: "the key does not end in an escaped client id".into(),
-                    })?;
-                Ok((client_id, decode_tensor(&k, &v)?))
-            })
-            .collect()
+        self.scan_keyed(
+            &keys::embeddings(federation, round),
+            "an escaped client id",
+            keys::unpart,
+            decode_tensor,
+        )
     }
 
     /// Vertical federations: commits a training round in ONE atomic, durable batch: the
@@ -474,23 +476,12 @@ impl Store {
         gradients: &[f32],
         fed: &FederationRecord,
     ) -> Result<(), StoreError> {
-        let round_key = keys::round(federation, round.round);
-        let round_value = encode(&round_key, round)?;
-        let fed_key = keys::federation(federation);
-        let fed_value = encode(&fed_key, fed)?;
-        self.kv.commit(
-            Batch::new()
-                .insert_new(round_key, round_value)
-                .put(
-                    keys::model(federation, round.model_version),
-                    fedval_core::tensor::to_le_bytes(bias),
-                )
-                .put(
-                    keys::gradients(federation, round.round),
-                    fedval_core::tensor::to_le_bytes(gradients),
-                )
-                .put(fed_key, fed_value),
-        )
+        let batch = with_round(Batch::new(), federation, round, bias)?.put(
+            keys::gradients(federation, round.round),
+            fedval_core::tensor::to_le_bytes(gradients),
+        );
+        self.kv
+            .commit(with_record(batch, keys::federation(federation), fed)?)
     }
 
     /// Vertical federations: the per-sample gradients committed with `round`, if any.
@@ -499,11 +490,7 @@ impl Store {
         federation: &str,
         round: u64,
     ) -> Result<Option<Vec<f32>>, StoreError> {
-        let key = keys::gradients(federation, round);
-        self.kv
-            .get(&key)?
-            .map(|bytes| decode_tensor(&key, &bytes))
-            .transpose()
+        self.get_tensor(&keys::gradients(federation, round))
     }
 
     /// Asynchronous vertical federations: appends step `seq` (1-based over all parties)
@@ -522,21 +509,11 @@ impl Store {
         let step_value = encode(&step_key, step)?;
         let mut batch = Batch::new().insert_new(step_key, step_value);
         if let Some(snap) = snapshot {
-            let round_key = keys::round(federation, snap.round.round);
-            let round_value = encode(&round_key, snap.round)?;
-            let fed_key = keys::federation(federation);
-            let fed_value = encode(&fed_key, snap.fed)?;
-            batch = batch
-                .insert_new(round_key, round_value)
-                .put(
-                    keys::model(federation, snap.round.model_version),
-                    fedval_core::tensor::to_le_bytes(snap.bias),
-                )
-                .put(
-                    keys::snapshot(federation, snap.round.round),
-                    fedval_core::tensor::to_le_bytes(snap.table),
-                )
-                .put(fed_key, fed_value);
+            batch = with_round(batch, federation, snap.round, snap.bias)?.put(
+                keys::snapshot(federation, snap.round.round),
+                fedval_core::tensor::to_le_bytes(snap.table),
+            );
+            batch = with_record(batch, keys::federation(federation), snap.fed)?;
         }
         self.kv.commit(batch)
     }
@@ -546,22 +523,12 @@ impl Store {
         &self,
         federation: &str,
     ) -> Result<Vec<(u64, VerticalStepRecord)>, StoreError> {
-        let prefix = keys::steps(federation);
-        self.kv
-            .scan_prefix(&prefix)?
-            .into_iter()
-            .map(|(k, v)| {
-                let seq = k
-                    .get(prefix.len()..)
-                    .and_then(|s| std::str::from_utf8(s).ok())
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| StoreError::Corrupt {
-                        key: kv::display_key(&k),
-                        reason: "the key does not end in a step number".into(),
-                    })?;
-                Ok((seq, decode(&k, &v)?))
-            })
-            .collect()
+        self.scan_keyed(
+            &keys::steps(federation),
+            "a step number",
+            |s| std::str::from_utf8(s).ok()?.parse::<u64>().ok(),
+            decode,
+        )
     }
 
     /// Asynchronous vertical federations: the embedding table committed with snapshot
@@ -571,11 +538,7 @@ impl Store {
         federation: &str,
         round: u64,
     ) -> Result<Option<Vec<f32>>, StoreError> {
-        let key = keys::snapshot(federation, round);
-        self.kv
-            .get(&key)?
-            .map(|bytes| decode_tensor(&key, &bytes))
-            .transpose()
+        self.get_tensor(&keys::snapshot(federation, round))
     }
 
     /// Replaces the records of already committed rounds and the federation's record in
@@ -589,21 +552,20 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = Batch::new();
         for round in rounds {
-            let key = keys::round(federation, round.round);
-            let value = encode(&key, round)?;
-            batch = batch.put(key, value);
+            batch = with_record(batch, keys::round(federation, round.round), round)?;
         }
-        let fed_key = keys::federation(federation);
-        let fed_value = encode(&fed_key, fed)?;
-        self.kv.commit(batch.put(fed_key, fed_value))
+        self.kv
+            .commit(with_record(batch, keys::federation(federation), fed)?)
     }
 
     /// Replaces the record of an already committed round (its valuation arrives after
     /// the commit); durable on return.
     pub fn update_round(&self, federation: &str, round: &RoundRecord) -> Result<(), StoreError> {
-        let key = keys::round(federation, round.round);
-        let value = encode(&key, round)?;
-        self.kv.commit(Batch::new().put(key, value))
+        self.kv.commit(with_record(
+            Batch::new(),
+            keys::round(federation, round.round),
+            round,
+        )?)
     }
 
     /// The committed rounds of a federation, in ascending round order.
@@ -611,6 +573,41 @@ impl Store {
         self.scan_records(&keys::rounds(federation))
     }
 
+    /// The tensor stored under `key`, if any.
+    fn get_tensor(&self, key: &[u8]) -> Result<Option<Vec<f32>>, StoreError> {
+        self.kv
+            .get(key)?
+            .map(|bytes| decode_tensor(key, &bytes))
+            .transpose()
+    }
+
+    /// Every entry under `prefix` as `(suffix, value)`: `suffix` parses what follows the
+    /// prefix in a key (`what` describes it in the error for a key it refuses) and
+    /// `value` decodes the stored bytes.
+    fn scan_keyed<K, V>(
+        &self,
+        prefix: &[u8],
+        what: &str,
+        suffix: impl Fn(&[u8]) -> Option<K>,
+        value: impl Fn(&[u8], &[u8]) -> Result<V, StoreError>,
+    ) -> Result<Vec<(K, V)>, StoreError> {
+        self.kv
+            .scan_prefix(prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let key =
+                    k.get(prefix.len()..)
+                        .and_then(&suffix)
+                        .ok_or_else(|| StoreError::Corrupt {
+                            key: kv::display_key(&k),
+                            reason: format!("the key does not end in {what}"),
+                        })?;
+                Ok((key, value(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Every record under `prefix`, in key order.
     fn scan_records<T: DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
         self.kv
             .scan_prefix(prefix)?

@@ -142,6 +142,43 @@ pub struct RoundRecord {
     pub fair_reward: Option<FairRewardRound>,
 }
 
+impl RoundRecord {
+    /// The record of a round just committed, before its valuation: `valued` says whether
+    /// the valuation worker will value it (pending) or not (skipped, method `"none"`); no
+    /// reward-policy fields.
+    pub fn committed(
+        round: u64,
+        model_version: u64,
+        participants: Vec<String>,
+        stragglers: Vec<String>,
+        metrics: Vec<(String, f64)>,
+        valued: bool,
+    ) -> Self {
+        Self {
+            round,
+            model_version,
+            participants,
+            stragglers,
+            metrics,
+            values: Vec::new(),
+            valuation_method: if valued { String::new() } else { "none".into() },
+            evaluations: 0,
+            utility_full: f64::NAN,
+            utility_empty: f64::NAN,
+            valuation_ms: 0,
+            valuation_status: if valued {
+                ValuationStatus::Pending
+            } else {
+                ValuationStatus::Skipped
+            },
+            valuation_stop: String::new(),
+            reputations: Vec::new(),
+            reputation_threshold: None,
+            fair_reward: None,
+        }
+    }
+}
+
 /// One round of the fair yet asymptotically equal reward policy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FairRewardRound {

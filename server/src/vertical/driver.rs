@@ -23,44 +23,18 @@ use super::value::{
 use super::{GradientReply, OpenPass};
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Event, Federation, GlobalModel, now_ms};
-use crate::round_loop::retry_delay;
-use crate::store::{FederationStatus, RoundRecord, StoreError, ValuationStatus};
+use crate::round_loop::{Retry, Step, ended_event};
+use crate::store::{FederationStatus, RoundRecord, StoreError};
 
-/// What the driver does next.
-enum Next {
-    /// Keep going.
-    Continue,
-    /// The federation ended or the server shuts down.
-    Exit,
-}
-
-/// Runs `fed`'s passes until it finishes, is stopped, or `shutdown` turns true.
+/// Runs `fed`'s passes until it finishes, is stopped, or `shutdown` turns true,
+/// retrying failed steps with [`Retry`].
 pub(crate) async fn drive(fed: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = fed.subscribe_changes();
-    let mut failures = 0u32;
-    loop {
-        if *shutdown.borrow() {
+    let mut retry = Retry::new("vertical driver");
+    while !*shutdown.borrow() {
+        let outcome = step(&fed, &mut changes, &mut shutdown).await;
+        if let Step::Exit = retry.settle(&fed, outcome, &mut shutdown).await {
             return;
-        }
-        match step(&fed, &mut changes, &mut shutdown).await {
-            Ok(Next::Exit) => return,
-            Ok(Next::Continue) => {
-                if failures > 0 {
-                    tracing::info!(federation = %fed.id(), failures, "vertical driver recovered");
-                    fed.set_loop_error(None).await;
-                    failures = 0;
-                }
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                let delay = retry_delay(failures);
-                tracing::error!(federation = %fed.id(), error = %e, failures, ?delay, "vertical driver step failed; retrying");
-                fed.set_loop_error(Some(e.to_string())).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
         }
     }
 }
@@ -79,26 +53,26 @@ async fn step(
     fed: &Arc<Federation>,
     changes: &mut watch::Receiver<u64>,
     shutdown: &mut watch::Receiver<bool>,
-) -> ServiceResult<Next> {
+) -> ServiceResult<Step> {
     restore(fed).await?;
     match plan(fed).await? {
-        Plan::Exit => Ok(Next::Exit),
+        Plan::Exit => Ok(Step::Exit),
         Plan::WaitForParties | Plan::WaitForSteps => {
             tokio::select! {
-                _ = changes.changed() => Ok(Next::Continue),
-                _ = shutdown.changed() => Ok(Next::Exit),
+                _ = changes.changed() => Ok(Step::Continue),
+                _ = shutdown.changed() => Ok(Step::Exit),
             }
         }
         Plan::Collect => {
-            if let Next::Exit = collect(fed, changes, shutdown).await {
-                return Ok(Next::Exit);
+            if let Step::Exit = collect(fed, changes, shutdown).await {
+                return Ok(Step::Exit);
             }
             close(fed).await?;
-            Ok(Next::Continue)
+            Ok(Step::Continue)
         }
         Plan::Value => {
             value_and_finish(fed).await?;
-            Ok(Next::Continue)
+            Ok(Step::Continue)
         }
     }
 }
@@ -142,14 +116,7 @@ async fn plan(fed: &Arc<Federation>) -> ServiceResult<Plan> {
         return Ok(Plan::Exit);
     };
     let mut st = fed.state.lock().await;
-    if matches!(
-        st.record.status,
-        FederationStatus::Finished | FederationStatus::Stopped
-    ) {
-        let ended = Event::Ended {
-            status: st.record.status,
-            committed_rounds: st.record.committed_rounds,
-        };
+    if let Some(ended) = ended_event(&st.record) {
         drop(st);
         fed.emit(ended);
         return Ok(Plan::Exit);
@@ -219,7 +186,7 @@ async fn collect(
     fed: &Arc<Federation>,
     changes: &mut watch::Receiver<u64>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Next {
+) -> Step {
     loop {
         let deadline = {
             let st = fed.state.lock().await;
@@ -231,13 +198,13 @@ async fn collect(
                 {
                     p.deadline
                 }
-                _ => return Next::Continue,
+                _ => return Step::Continue,
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Next::Continue,
+            _ = tokio::time::sleep_until(deadline) => return Step::Continue,
             _ = changes.changed() => {}
-            _ = shutdown.changed() => return Next::Exit,
+            _ = shutdown.changed() => return Step::Exit,
         }
     }
 }
@@ -331,28 +298,14 @@ async fn close_training(fed: &Arc<Federation>, closing: Closing) -> ServiceResul
     let closed = closed
         .map_err(|e| ServiceError::Internal(format!("closing vertical round {round}: {e}")))?;
     let (participants, stragglers) = closing.split();
-    let record = RoundRecord {
+    let record = RoundRecord::committed(
         round,
-        model_version: round,
+        round,
         participants,
-        stragglers: stragglers.clone(),
-        metrics: vec![("loss".into(), closed.loss)],
-        values: Vec::new(),
-        valuation_method: if valued { String::new() } else { "none".into() },
-        evaluations: 0,
-        utility_full: f64::NAN,
-        utility_empty: f64::NAN,
-        valuation_ms: 0,
-        valuation_status: if valued {
-            ValuationStatus::Pending
-        } else {
-            ValuationStatus::Skipped
-        },
-        valuation_stop: String::new(),
-        reputations: Vec::new(),
-        reputation_threshold: None,
-        fair_reward: None,
-    };
+        stragglers.clone(),
+        vec![("loss".into(), closed.loss)],
+        valued,
+    );
     let gradients: Vec<f32> = closed.gradients.iter().copied().collect();
     let reply = Arc::new(GradientReply::new(
         round,

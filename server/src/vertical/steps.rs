@@ -32,8 +32,7 @@ use super::{GradientReply, VerticalSpec};
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Event, FedState, Federation};
 use crate::store::{
-    FederationStatus, RoundRecord, StoreError, ValuationStatus, VerticalSnapshot,
-    VerticalStepRecord,
+    FederationStatus, RoundRecord, StoreError, VerticalSnapshot, VerticalStepRecord,
 };
 
 /// The asynchronous run's in-memory state (inside the federation's state lock).
@@ -399,28 +398,7 @@ impl Federation {
                 }
             }
             let valued = spec.valued(config);
-            RoundRecord {
-                round: r,
-                model_version: r,
-                participants,
-                stragglers,
-                metrics,
-                values: Vec::new(),
-                valuation_method: if valued { String::new() } else { "none".into() },
-                evaluations: 0,
-                utility_full: f64::NAN,
-                utility_empty: f64::NAN,
-                valuation_ms: 0,
-                valuation_status: if valued {
-                    ValuationStatus::Pending
-                } else {
-                    ValuationStatus::Skipped
-                },
-                valuation_stop: String::new(),
-                reputations: Vec::new(),
-                reputation_threshold: None,
-                fair_reward: None,
-            }
+            RoundRecord::committed(r, r, participants, stragglers, metrics, valued)
         });
         let mut fed_rec = st.record.clone();
         if let Some(r) = snapshot_round {
