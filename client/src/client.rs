@@ -170,7 +170,7 @@ impl Session {
     }
 }
 
-/// A node enrolled in a horizontal federation: its [`Session`] plus the model it trains.
+/// A node enrolled in a horizontal federation: its session (identity and bearer token) plus the model it trains.
 #[derive(Clone, Debug)]
 pub struct FederationClient {
     session: Session,

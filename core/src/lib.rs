@@ -11,6 +11,8 @@
 //!   MLP) over flat parameter vectors, with seeded mini-batch SGD.
 //! - [`aggregate`]: combining client updates: FedAvg and the robust aggregators
 //!   (coordinate-wise median, trimmed mean, Krum, Multi-Krum, norm clipping).
+//! - [`incentive`]: truthful incentive mechanisms: FACT (free-riding penalty and the
+//!   sandwich competition) and Truth-FedBan (truthful selection and payments for bandits).
 //! - [`reputation`]: RFFL reputations, removals and sparsified rewards; fair yet
 //!   asymptotically equal reward selection (no validation set needed).
 //! - [`valuation`]: cooperative games and Shapley value estimators, including the
@@ -21,6 +23,7 @@
 
 pub mod aggregate;
 pub mod data;
+pub mod incentive;
 pub mod model;
 pub mod reputation;
 pub mod tensor;

@@ -4,7 +4,7 @@
 //! Synchronous training. Round `t` draws a mini-batch of training ids ([`round`]); every
 //! party pulls an `EmbedTask`, embeds the batch with its local model and calls
 //! `ExchangeEmbeddings`; the embeddings are made durable ([`Store::put_embeddings`]) before
-//! they count, and the call waits until the round closes. The driver ([`driver`]) alone
+//! they count, and the call waits until the round closes. The driver (`driver.rs`) alone
 //! closes a round, once: when every party's embeddings are in or the deadline passed (a
 //! missing party contributes zeros and is recorded as a straggler), it computes
 //! `z = sum_m h^m + b`, the loss, the per-sample gradients and the new bias, and commits

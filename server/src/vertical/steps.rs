@@ -14,7 +14,7 @@
 //! whole table as snapshot round `r` (its round record, the bias as model version `r`,
 //! the federation's progress). After `rounds` snapshots training is over: the driver
 //! runs the evaluation pass and values the snapshots. A restart rebuilds the table from
-//! the last snapshot plus the later log entries ([`AsyncState::rebuild`]); an exchange
+//! the last snapshot plus the later log entries (`AsyncState::rebuild`); an exchange
 //! repeating a committed step is answered from the log, never recomputed.
 //!
 //! Steps are taken by the exchange handlers under the federation's state lock (they
