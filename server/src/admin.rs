@@ -18,7 +18,7 @@ use crate::convert::config_summary_proto;
 use crate::error::ServiceError;
 use crate::federation::{Event, Federation};
 use crate::registry::Registry;
-use crate::store::{FederationStatus, RoundRecord};
+use crate::store::{FederationStatus, LedgerEntry, RoundRecord, Totals};
 
 /// Implementation of the Admin service.
 #[derive(Debug, Clone)]
@@ -128,6 +128,30 @@ pub fn round_to_proto(r: &RoundRecord) -> pb::RoundRecord {
                 })
                 .collect(),
         }),
+    }
+}
+
+/// A ledger entry on the wire.
+fn ledger_entry_to_proto(e: &LedgerEntry) -> pb::LedgerEntry {
+    pb::LedgerEntry {
+        round: e.round,
+        client_id: e.client_id.clone(),
+        kind: e.kind.as_str().to_string(),
+        amount: e.amount,
+        mechanism: e.mechanism.clone(),
+        inputs: e.inputs.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        recorded_at_ms: e.recorded_at_ms,
+    }
+}
+
+/// A client's ledger totals on the wire.
+fn ledger_totals_to_proto(client_id: &str, t: &Totals) -> pb::LedgerTotals {
+    pb::LedgerTotals {
+        client_id: client_id.to_string(),
+        payments: t.payments,
+        penalties: t.penalties,
+        prizes: t.prizes,
+        net: t.net,
     }
 }
 
@@ -248,6 +272,41 @@ impl Admin for AdminService {
             .collect();
         Ok(Response::new(pb::GetContributionsResponse {
             contributions,
+        }))
+    }
+
+    async fn list_ledger(
+        &self,
+        request: Request<pb::ListLedgerRequest>,
+    ) -> Result<Response<pb::ListLedgerResponse>, Status> {
+        let request = request.into_inner();
+        if request.federation_id.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "field `federation_id`: missing (an empty id names no federation)".into(),
+            )
+            .into());
+        }
+        if request.client_id.as_deref() == Some("") {
+            return Err(ServiceError::InvalidArgument(
+                "field `client_id`: empty; leave it unset to list every client".into(),
+            )
+            .into());
+        }
+        let fed = self.registry.get(&request.federation_id)?;
+        let mut entries = fed
+            .store()
+            .list_ledger(fed.id())
+            .map_err(ServiceError::from)?;
+        if let Some(client) = &request.client_id {
+            entries.retain(|e| &e.client_id == client);
+        }
+        let totals = crate::store::ledger::totals(&entries);
+        Ok(Response::new(pb::ListLedgerResponse {
+            entries: entries.iter().map(ledger_entry_to_proto).collect(),
+            totals: totals
+                .iter()
+                .map(|(client, t)| ledger_totals_to_proto(client, t))
+                .collect(),
         }))
     }
 

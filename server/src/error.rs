@@ -84,6 +84,12 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Store(StoreError::Conflict { key }) => {
                 Status::already_exists(format!("already exists: {key}"))
             }
+            ServiceError::Store(e @ StoreError::LedgerConflict { .. }) => {
+                Status::already_exists(e.to_string())
+            }
+            ServiceError::Store(e @ StoreError::InvalidLedgerEntry { .. }) => {
+                Status::invalid_argument(e.to_string())
+            }
             ServiceError::Store(other) => {
                 tracing::error!(error = %other, "storage failure");
                 Status::internal(

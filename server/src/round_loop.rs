@@ -768,15 +768,26 @@ mod tests {
                 matches!(fed.next_task(&ids[0]).await, NextTask::Train { round: r, .. } if r == round)
             })
             .await;
-            for (k, id) in ids.iter().enumerate() {
-                let delta: Vec<f32> = if *id == noisy {
-                    (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-                } else {
-                    direction
-                        .iter()
-                        .map(|x| x + 0.05 * (k as f32) * rng.random_range(-1.0f32..1.0))
-                        .collect()
-                };
+            let mut deltas: Vec<(&String, Vec<f32>)> = ids
+                .iter()
+                .enumerate()
+                .map(|(k, id)| {
+                    let delta: Vec<f32> = if *id == noisy {
+                        (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+                    } else {
+                        direction
+                            .iter()
+                            .map(|x| x + 0.05 * (k as f32) * rng.random_range(-1.0f32..1.0))
+                            .collect()
+                    };
+                    (id, delta)
+                })
+                .collect();
+            // The noisy client goes first: once removed, its refusal is checked while the
+            // round is still open (the honest uploads close it, and the last one ends the
+            // federation, after which every upload is refused as "finished").
+            deltas.rotate_right(1);
+            for (id, delta) in deltas {
                 let mut c = claim(round, &delta);
                 c.model_version = round - 1;
                 match fed.next_task(id).await {

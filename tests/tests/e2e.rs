@@ -11,6 +11,7 @@ mod e2e {
     mod fair_reward;
     mod federation_flow;
     mod large_model;
+    mod ledger;
     mod many_federations;
     mod reputation;
     mod restart;

@@ -395,6 +395,268 @@ pub fn reopen(open: fn(&Path) -> Result<Store, StoreError>) {
     assert_conflict(s.add_client("f", &client("one", 2)), "client-name/f/one");
 }
 
+fn entry(fed: &str, round: u64, client_id: &str, kind: LedgerKind, amount: f64) -> LedgerEntry {
+    LedgerEntry {
+        federation: fed.to_string(),
+        round,
+        client_id: client_id.to_string(),
+        kind,
+        amount,
+        mechanism: "fact".into(),
+        inputs: [("m_star".to_string(), 12.5), ("cost".to_string(), 0.25)]
+            .into_iter()
+            .collect(),
+        recorded_at_ms: 1000 + round,
+    }
+}
+
+fn assert_ledger_conflict(result: Result<usize, StoreError>, key_part: &str) {
+    match result {
+        Err(StoreError::LedgerConflict { key, .. }) => assert!(key.contains(key_part), "{key}"),
+        other => panic!("expected a ledger conflict on {key_part}, got {other:?}"),
+    }
+}
+
+/// Recording a batch writes every entry and the federation together; replaying it (even
+/// with later timestamps) writes nothing and returns 0; an overlapping batch writes only
+/// its new entries.
+pub fn ledger_replay(s: &Store) {
+    s.create_federation(&fed("f"), &[0.0]).expect("create");
+    let mut after = fed("f");
+    after.committed_rounds = 1;
+    let batch = [
+        entry("f", 1, "a", LedgerKind::Payment, 3.0),
+        entry("f", 1, "a", LedgerKind::Penalty, 0.5),
+        entry("f", 1, "b", LedgerKind::Prize, 2.0),
+    ];
+    assert_eq!(s.record_ledger(&batch, Some(&after)).expect("record"), 3);
+    assert_eq!(s.list_ledger("f").expect("list"), batch.to_vec());
+    assert_eq!(s.get_federation("f").expect("get"), Some(after.clone()));
+
+    let mut later = batch.clone();
+    for e in &mut later {
+        e.recorded_at_ms += 500;
+    }
+    let mut replayed_fed = after.clone();
+    replayed_fed.committed_rounds = 7;
+    assert_eq!(
+        s.record_ledger(&later, Some(&replayed_fed))
+            .expect("replay"),
+        0
+    );
+    assert_eq!(
+        s.list_ledger("f").expect("list"),
+        batch.to_vec(),
+        "first kept"
+    );
+    assert_eq!(
+        s.get_federation("f").expect("get"),
+        Some(after),
+        "a full replay writes nothing, not even the federation"
+    );
+
+    // Overlap: one old entry, one new, and a duplicate of the new one in the same batch.
+    let overlap = [
+        batch[0].clone(),
+        entry("f", 2, "a", LedgerKind::Payment, 1.0),
+        entry("f", 2, "a", LedgerKind::Payment, 1.0),
+    ];
+    assert_eq!(s.record_ledger(&overlap, None).expect("overlap"), 1);
+    assert_eq!(s.list_ledger("f").expect("list").len(), 4);
+    assert_eq!(s.record_ledger(&[], None).expect("empty"), 0);
+}
+
+/// A different amount, mechanism or inputs under a stored key is a conflict; a batch with
+/// one conflicting or one invalid entry writes none of its entries.
+pub fn ledger_conflict(s: &Store) {
+    let first = entry("f", 1, "a/1", LedgerKind::Payment, 3.0);
+    s.record_ledger(std::slice::from_ref(&first), None)
+        .expect("record");
+    let mut amount = first.clone();
+    amount.amount = 4.0;
+    let mut mechanism = first.clone();
+    mechanism.mechanism = "truth_fedban".into();
+    let mut inputs = first.clone();
+    inputs.inputs.insert("cost".into(), 0.5);
+    for changed in [amount.clone(), mechanism, inputs] {
+        let fresh = entry("f", 1, "b", LedgerKind::Payment, 1.0);
+        assert_ledger_conflict(
+            s.record_ledger(&[fresh, changed], None),
+            "ledger/f/00000000000000000001/a%2F1/payment",
+        );
+    }
+    let err = s
+        .record_ledger(std::slice::from_ref(&amount), None)
+        .expect_err("conflict");
+    assert!(err.to_string().contains("amount 4 != stored 3"), "{err}");
+    // Two different entries under one key in the same batch.
+    let twin = entry("f", 5, "c", LedgerKind::Prize, 1.0);
+    let mut other_twin = twin.clone();
+    other_twin.amount = 2.0;
+    assert_ledger_conflict(s.record_ledger(&[twin, other_twin], None), "/c/prize");
+    // Invalid entries are refused with their key and value.
+    let mut nan = entry("f", 6, "d", LedgerKind::Penalty, f64::NAN);
+    let err = s
+        .record_ledger(std::slice::from_ref(&nan), None)
+        .expect_err("nan");
+    assert!(
+        matches!(&err, StoreError::InvalidLedgerEntry { key, reason }
+            if key.contains("/d/penalty") && reason.contains("amount NaN")),
+        "{err}"
+    );
+    nan.amount = 1.0;
+    nan.inputs.insert("alpha".into(), f64::INFINITY);
+    let err = s.record_ledger(&[nan], None).expect_err("inf input");
+    assert!(err.to_string().contains("input `alpha` = inf"), "{err}");
+    let empty = entry("f", 6, "", LedgerKind::Penalty, 1.0);
+    assert!(matches!(
+        s.record_ledger(&[empty], None),
+        Err(StoreError::InvalidLedgerEntry { .. })
+    ));
+    let other_fed = entry("g", 6, "d", LedgerKind::Penalty, 1.0);
+    let err = s
+        .record_ledger(&[other_fed], Some(&fed("f")))
+        .expect_err("wrong federation");
+    assert!(err.to_string().contains("federation `g`"), "{err}");
+    assert_eq!(s.list_ledger("f").expect("list"), vec![first]);
+    assert_eq!(s.list_ledger("g").expect("list"), vec![]);
+    assert_eq!(s.get_federation("f").expect("get"), None);
+}
+
+/// Entries list by (round numerically, client, kind) whatever the order they were
+/// recorded in, per federation; totals sum each kind and net = payments + prizes -
+/// penalties.
+pub fn ledger_order_and_totals(s: &Store) {
+    let recorded = [
+        entry("f", 10, "a", LedgerKind::Prize, 0.75),
+        entry("f", 9, "b", LedgerKind::Payment, 2.0),
+        entry("f", 9, "a", LedgerKind::Prize, 1.5),
+        entry("f", 9, "a", LedgerKind::Penalty, 0.25),
+        entry("f", 9, "a", LedgerKind::Payment, 4.0),
+        entry("f-2", 1, "a", LedgerKind::Payment, 100.0),
+    ];
+    s.record_ledger(&recorded[..3], None).expect("first");
+    s.record_ledger(&recorded[3..], None).expect("second");
+    let keys: Vec<(u64, String, LedgerKind)> = s
+        .list_ledger("f")
+        .expect("list")
+        .into_iter()
+        .map(|e| (e.round, e.client_id, e.kind))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            (9, "a".into(), LedgerKind::Payment),
+            (9, "a".into(), LedgerKind::Penalty),
+            (9, "a".into(), LedgerKind::Prize),
+            (9, "b".into(), LedgerKind::Payment),
+            (10, "a".into(), LedgerKind::Prize),
+        ]
+    );
+    let totals = s.ledger_totals("f").expect("totals");
+    assert_eq!(
+        totals.into_iter().collect::<Vec<_>>(),
+        vec![
+            (
+                "a".to_string(),
+                Totals {
+                    payments: 4.0,
+                    penalties: 0.25,
+                    prizes: 2.25,
+                    net: 6.0,
+                }
+            ),
+            (
+                "b".to_string(),
+                Totals {
+                    payments: 2.0,
+                    penalties: 0.0,
+                    prizes: 0.0,
+                    net: 2.0,
+                }
+            ),
+        ]
+    );
+    assert_eq!(s.list_ledger("f-2").expect("list").len(), 1);
+    assert!(s.ledger_totals("none").expect("totals").is_empty());
+}
+
+/// A backend whose commits all fail, as if the process died before the batch committed.
+struct DiesBeforeCommit(Box<dyn KvBackend>);
+
+impl KvBackend for DiesBeforeCommit {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<kv::Entries, StoreError> {
+        self.0.scan_prefix(prefix)
+    }
+    fn commit(&self, _batch: Batch) -> Result<(), StoreError> {
+        Err(StoreError::Backend {
+            backend: "test",
+            context: "committing".into(),
+            source: "killed before commit".into(),
+        })
+    }
+}
+
+/// Crash safety of the ledger on redb: a batch interrupted before its commit leaves
+/// nothing; a committed batch is on disk the moment `record_ledger` returns (the file is
+/// copied while the store is still open, with no clean shutdown) and replaying it on the
+/// reopened copy neither loses nor duplicates an entry.
+#[test]
+fn redb_ledger_survives_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let crashed = tempfile::tempdir().expect("tempdir");
+    let batch = [
+        entry("f", 3, "a", LedgerKind::Penalty, 1.25),
+        entry("f", 3, "b", LedgerKind::Prize, 6.0),
+    ];
+    let mut after = fed("f");
+    after.committed_rounds = 4;
+    {
+        let dying = Store::with_backend(DiesBeforeCommit(Box::new(
+            redb_backend::RedbBackend::open(dir.path()).expect("opens"),
+        )));
+        dying
+            .create_federation(&fed("f"), &[0.0])
+            .expect_err("dies");
+        assert!(dying.record_ledger(&batch, Some(&after)).is_err());
+    }
+    let store = Store::open_redb(dir.path()).expect("reopens");
+    assert_eq!(
+        store.list_ledger("f").expect("list"),
+        vec![],
+        "nothing half-written"
+    );
+    store.create_federation(&fed("f"), &[0.0]).expect("create");
+    assert_eq!(
+        store.record_ledger(&batch, Some(&after)).expect("record"),
+        2
+    );
+    std::fs::copy(
+        dir.path().join(redb_backend::FILE_NAME),
+        crashed.path().join(redb_backend::FILE_NAME),
+    )
+    .expect("copy the file as a crash leaves it");
+    let reopened = Store::open_redb(crashed.path()).expect("opens the crashed copy");
+    assert_eq!(reopened.list_ledger("f").expect("list"), batch.to_vec());
+    assert_eq!(
+        reopened.get_federation("f").expect("get"),
+        Some(after.clone())
+    );
+    assert_eq!(
+        reopened
+            .record_ledger(&batch, Some(&after))
+            .expect("replay"),
+        0
+    );
+    assert_eq!(reopened.list_ledger("f").expect("list"), batch.to_vec());
+    let totals = reopened.ledger_totals("f").expect("totals");
+    assert_eq!(totals.get("a").map(|t| t.net), Some(-1.25));
+    assert_eq!(totals.get("b").map(|t| t.net), Some(6.0));
+}
+
 /// A 50 MB model (12.5 M floats) round-trips bit for bit.
 pub fn large_tensor(s: &Store) {
     let n = 12_500_000;
@@ -435,6 +697,18 @@ macro_rules! conformance {
             #[test]
             fn vertical_rounds() {
                 super::vertical_rounds(&$fixture.store)
+            }
+            #[test]
+            fn ledger_replay() {
+                super::ledger_replay(&$fixture.store)
+            }
+            #[test]
+            fn ledger_conflict() {
+                super::ledger_conflict(&$fixture.store)
+            }
+            #[test]
+            fn ledger_order_and_totals() {
+                super::ledger_order_and_totals(&$fixture.store)
             }
         }
     };

@@ -30,6 +30,7 @@
 //! | `vgrad/<federation>/<round>`                | vertical: the round's gradients |
 //! | `vstep/<federation>/<seq>`                  | async vertical: [`VerticalStepRecord`] (JSON) |
 //! | `vsnap/<federation>/<round>`                | async vertical: embedding table snapshot |
+//! | `ledger/<federation>/<round>/<client_id>/<kind>` | [`LedgerEntry`] (JSON), written once |
 //!
 //! In a vertical federation the "model" of version `t` is the server's bias after round
 //! `t`, and the round after the last step holds the embeddings of the evaluation pass.
@@ -39,6 +40,7 @@
 //! step `r x snapshot_every`.
 
 pub mod kv;
+pub mod ledger;
 pub mod memory;
 pub mod records;
 pub mod redb_backend;
@@ -56,6 +58,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::StoreKind;
 pub use kv::{Batch, KvBackend};
+pub use ledger::{LedgerEntry, LedgerKind, Totals};
 pub use records::{
     ClientFairReward, ClientRecord, ClientReputation, ClientValue, FairRewardRound,
     FederationRecord, FederationStatus, RoundRecord, UpdateRecord, ValuationStatus,
@@ -81,6 +84,24 @@ pub enum StoreError {
         context: String,
         /// The backend's error.
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Ledger entry `key` is already stored (or repeated in its batch) with different
+    /// content; nothing was written.
+    #[error("ledger entry `{key}` is already recorded with different content: {reason}")]
+    LedgerConflict {
+        /// The entry's key, printable.
+        key: String,
+        /// What differs.
+        reason: String,
+    },
+    /// A ledger entry the ledger cannot hold (non-finite amount, empty id, ...); nothing
+    /// was written.
+    #[error("invalid ledger entry `{key}`: {reason}")]
+    InvalidLedgerEntry {
+        /// The entry's key, printable.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A stored value cannot be decoded.
     #[error("corrupt record at `{key}`: {reason}")]
@@ -160,6 +181,19 @@ mod keys {
     }
     pub fn snapshot(fed: &str, round: u64) -> Vec<u8> {
         format!("vsnap/{}/{}", part(fed), num(round)).into_bytes()
+    }
+    pub fn ledger(fed: &str) -> Vec<u8> {
+        format!("ledger/{}/", part(fed)).into_bytes()
+    }
+    pub fn ledger_entry(fed: &str, round: u64, client_id: &str, kind: &str) -> Vec<u8> {
+        format!(
+            "ledger/{}/{}/{}/{}",
+            part(fed),
+            num(round),
+            part(client_id),
+            kind
+        )
+        .into_bytes()
     }
 
     /// The string component `part` escaped, or `None` if `escaped` is not such an escape.
