@@ -170,6 +170,44 @@ impl Session {
     }
 }
 
+/// Encodes `values` once for sending: the little-endian bytes (which the stream only
+/// slices) and their SHA-256 for the header.
+pub(crate) fn encode(values: &[f32]) -> (Bytes, String) {
+    let bytes = Bytes::from(to_le_bytes(values));
+    let sha256 = sha256_hex(&bytes);
+    (bytes, sha256)
+}
+
+/// The outgoing tensor stream of both client kinds: `header` first, then
+/// `DEFAULT_CHUNK_BYTES` slices of `bytes` wrapped by `chunk`, each made only when the
+/// transport asks for it.
+pub(crate) fn chunked_stream<M: Send + 'static>(
+    header: M,
+    bytes: Bytes,
+    chunk: fn(v1::TensorChunk) -> M,
+) -> impl futures::Stream<Item = M> + Send + 'static {
+    let chunks = chunk_ranges(bytes.len(), DEFAULT_CHUNK_BYTES).map(move |range| {
+        chunk(v1::TensorChunk {
+            offset: range.start as u64,
+            data: bytes.slice(range),
+        })
+    });
+    futures::stream::iter(std::iter::once(header).chain(chunks))
+}
+
+/// Checks received `bytes` against the `announced` SHA-256 (hex, either case); the error
+/// says both hashes.
+pub(crate) fn check_sha256(bytes: &[u8], announced: &str) -> Result<(), String> {
+    let actual = sha256_hex(bytes);
+    if actual.eq_ignore_ascii_case(announced) {
+        Ok(())
+    } else {
+        Err(format!(
+            "checksum mismatch: announced sha256 {announced}, received bytes hash to {actual}"
+        ))
+    }
+}
+
 /// A node enrolled in a horizontal federation: its session (identity and bearer token) plus the model it trains.
 #[derive(Clone, Debug)]
 pub struct FederationClient {
@@ -313,12 +351,7 @@ impl FederationClient {
         }
         let bytes = buf.finish().map_err(|e| bad(e.to_string()))?;
 
-        let actual_sha = sha256_hex(&bytes);
-        if !actual_sha.eq_ignore_ascii_case(&expected_sha) {
-            return Err(bad(format!(
-                "checksum mismatch: announced sha256 {expected_sha}, received bytes hash to {actual_sha}"
-            )));
-        }
+        check_sha256(&bytes, &expected_sha).map_err(bad)?;
         // `bytes` has exactly `want_bytes`, checked above: one value per parameter.
         let params = from_le_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
         check_finite(&params).map_err(|e| bad(e.to_string()))?;
@@ -349,7 +382,7 @@ impl FederationClient {
         check_finite(delta).map_err(|e| {
             ClientError::InvalidInput(format!("update for round {round} is not uploadable: {e}"))
         })?;
-        let bytes = Bytes::from(to_le_bytes(delta));
+        let (bytes, sha256) = encode(delta);
         let header = v1::UpdateHeader {
             federation_id: self.session.federation_id.clone(),
             client_id: self.session.client_id.clone(),
@@ -364,7 +397,7 @@ impl FederationClient {
                 })
                 .collect(),
             total_bytes: bytes.len() as u64,
-            sha256: sha256_hex(&bytes),
+            sha256,
         };
         let req = self.session.authed(upload_stream(header, bytes));
         let ack = self.session.inner.upload_update(req).await?.into_inner();
@@ -393,31 +426,25 @@ fn coordinator(channel: Channel) -> CoordinatorClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// The `authorization` header value for `token`.
-fn bearer(
-    token: &str,
-) -> Result<AsciiMetadataValue, tonic::metadata::errors::InvalidMetadataValue> {
-    MetadataValue::try_from(format!("Bearer {token}"))
-}
-
-/// The upload stream: `header` first, then `DEFAULT_CHUNK_BYTES` slices of `bytes`, each
-/// made only when the transport asks for it.
+/// The upload stream: `header` first, then the chunks of `bytes` (see [`chunked_stream`]).
 fn upload_stream(
     header: v1::UpdateHeader,
     bytes: Bytes,
 ) -> impl futures::Stream<Item = v1::UploadMessage> + Send + 'static {
     use v1::upload_message::Kind;
-    let chunks =
-        chunk_ranges(bytes.len(), DEFAULT_CHUNK_BYTES).map(move |range| v1::UploadMessage {
-            kind: Some(Kind::Chunk(v1::TensorChunk {
-                offset: range.start as u64,
-                data: bytes.slice(range),
-            })),
-        });
     let first = v1::UploadMessage {
         kind: Some(Kind::Header(header)),
     };
-    futures::stream::iter(std::iter::once(first).chain(chunks))
+    chunked_stream(first, bytes, |c| v1::UploadMessage {
+        kind: Some(Kind::Chunk(c)),
+    })
+}
+
+/// The `authorization` header value for `token`.
+fn bearer(
+    token: &str,
+) -> Result<AsciiMetadataValue, tonic::metadata::errors::InvalidMetadataValue> {
+    MetadataValue::try_from(format!("Bearer {token}"))
 }
 
 #[cfg(test)]

@@ -76,9 +76,8 @@ impl Task {
     /// Converts a task from the wire. A train task without a model spec uses `enrolled`, the
     /// spec the node was given at enrollment (the field is optional in proto3).
     pub fn from_proto(task: v1::Task, enrolled: &ModelSpec) -> Result<Self, ClientError> {
-        use v1::task::Kind;
-        match task.kind {
-            Some(Kind::Train(t)) => {
+        match Wire::split(task)? {
+            Wire::Train(t) => {
                 let model = match &t.model {
                     Some(spec) => model_spec_from_proto(spec)?,
                     None => enrolled.clone(),
@@ -102,26 +101,26 @@ impl Task {
                     model,
                 }))
             }
-            Some(Kind::Wait(w)) => Ok(Task::Wait {
-                retry_after: Duration::from_millis(w.retry_after_ms),
-                reason: w.reason,
-            }),
-            Some(Kind::Done(d)) => Ok(Task::Done {
-                final_model_version: d.final_model_version,
-                reason: d.reason,
-            }),
-            Some(Kind::Removed(r)) => Ok(Task::Removed {
-                round: r.round,
-                reason: r.reason,
-            }),
-            Some(Kind::Embed(e)) => Err(ClientError::Protocol(format!(
+            Wire::Embed(e) => Err(ClientError::Protocol(format!(
                 "embed task for round {}: this is a horizontal node; vertical federations \
                  need a vertical node",
                 e.round
             ))),
-            None => Err(ClientError::Protocol(
-                "task names no kind (is the server newer than this client?)".into(),
-            )),
+            Wire::Shared(Shared::Wait {
+                retry_after,
+                reason,
+            }) => Ok(Task::Wait {
+                retry_after,
+                reason,
+            }),
+            Wire::Shared(Shared::Done {
+                final_model_version,
+                reason,
+            }) => Ok(Task::Done {
+                final_model_version,
+                reason,
+            }),
+            Wire::Shared(Shared::Removed { round, reason }) => Ok(Task::Removed { round, reason }),
         }
     }
 }
@@ -146,18 +145,20 @@ impl From<Task> for v1::Task {
             Task::Wait {
                 retry_after,
                 reason,
-            } => Kind::Wait(v1::WaitTask {
-                retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+            } => Shared::Wait {
+                retry_after,
                 reason,
-            }),
+            }
+            .into_kind(),
             Task::Done {
                 final_model_version,
                 reason,
-            } => Kind::Done(v1::DoneTask {
+            } => Shared::Done {
                 final_model_version,
                 reason,
-            }),
-            Task::Removed { round, reason } => Kind::Removed(v1::RemovedTask { round, reason }),
+            }
+            .into_kind(),
+            Task::Removed { round, reason } => Shared::Removed { round, reason }.into_kind(),
         };
         v1::Task { kind: Some(kind) }
     }
@@ -213,9 +214,8 @@ impl VerticalTask {
     /// outputs (from enrollment). Refuses a train task (this is a vertical node), an embed
     /// task with no samples and one whose width differs from `output_dim`.
     pub fn from_proto(task: v1::Task, output_dim: usize) -> Result<Self, ClientError> {
-        use v1::task::Kind;
-        match task.kind {
-            Some(Kind::Embed(e)) => {
+        match Wire::split(task)? {
+            Wire::Embed(e) => {
                 if e.sample_ids.is_empty() {
                     return Err(ClientError::Protocol(format!(
                         "embed task for round {} names no samples",
@@ -237,23 +237,22 @@ impl VerticalTask {
                     deadline: Duration::from_millis(e.deadline_ms),
                 }))
             }
-            Some(Kind::Wait(w)) => Ok(VerticalTask::Wait {
-                retry_after: Duration::from_millis(w.retry_after_ms),
-                reason: w.reason,
-            }),
-            Some(Kind::Done(d)) => Ok(VerticalTask::Done { reason: d.reason }),
-            Some(Kind::Removed(r)) => Ok(VerticalTask::Removed {
-                round: r.round,
-                reason: r.reason,
-            }),
-            Some(Kind::Train(t)) => Err(ClientError::Protocol(format!(
+            Wire::Train(t) => Err(ClientError::Protocol(format!(
                 "train task for round {}: this is a vertical node; horizontal federations \
                  need a horizontal node",
                 t.round
             ))),
-            None => Err(ClientError::Protocol(
-                "task names no kind (is the server newer than this client?)".into(),
-            )),
+            Wire::Shared(Shared::Wait {
+                retry_after,
+                reason,
+            }) => Ok(VerticalTask::Wait {
+                retry_after,
+                reason,
+            }),
+            Wire::Shared(Shared::Done { reason, .. }) => Ok(VerticalTask::Done { reason }),
+            Wire::Shared(Shared::Removed { round, reason }) => {
+                Ok(VerticalTask::Removed { round, reason })
+            }
         }
     }
 }
@@ -273,19 +272,97 @@ impl From<VerticalTask> for v1::Task {
             VerticalTask::Wait {
                 retry_after,
                 reason,
+            } => Shared::Wait {
+                retry_after,
+                reason,
+            }
+            .into_kind(),
+            VerticalTask::Done { reason } => Shared::Done {
+                final_model_version: 0,
+                reason,
+            }
+            .into_kind(),
+            VerticalTask::Removed { round, reason } => {
+                Shared::Removed { round, reason }.into_kind()
+            }
+        };
+        v1::Task { kind: Some(kind) }
+    }
+}
+
+/// The task kinds horizontal and vertical nodes share (wait, done, removed), converted to
+/// and from the wire in this one place.
+enum Shared {
+    Wait {
+        retry_after: Duration,
+        reason: String,
+    },
+    Done {
+        final_model_version: u64,
+        reason: String,
+    },
+    Removed {
+        round: u64,
+        reason: String,
+    },
+}
+
+impl Shared {
+    /// The wire form (a delay too long for the wire saturates).
+    fn into_kind(self) -> v1::task::Kind {
+        use v1::task::Kind;
+        match self {
+            Shared::Wait {
+                retry_after,
+                reason,
             } => Kind::Wait(v1::WaitTask {
                 retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
                 reason,
             }),
-            VerticalTask::Done { reason } => Kind::Done(v1::DoneTask {
-                final_model_version: 0,
+            Shared::Done {
+                final_model_version,
+                reason,
+            } => Kind::Done(v1::DoneTask {
+                final_model_version,
                 reason,
             }),
-            VerticalTask::Removed { round, reason } => {
-                Kind::Removed(v1::RemovedTask { round, reason })
+            Shared::Removed { round, reason } => Kind::Removed(v1::RemovedTask { round, reason }),
+        }
+    }
+}
+
+/// A wire task split into the shared kinds, already converted, and the kind-specific rest.
+enum Wire {
+    Train(v1::TrainTask),
+    Embed(v1::EmbedTask),
+    Shared(Shared),
+}
+
+impl Wire {
+    /// Splits `task`, refusing one that names no kind.
+    fn split(task: v1::Task) -> Result<Self, ClientError> {
+        use v1::task::Kind;
+        Ok(match task.kind {
+            Some(Kind::Train(t)) => Wire::Train(t),
+            Some(Kind::Embed(e)) => Wire::Embed(e),
+            Some(Kind::Wait(w)) => Wire::Shared(Shared::Wait {
+                retry_after: Duration::from_millis(w.retry_after_ms),
+                reason: w.reason,
+            }),
+            Some(Kind::Done(d)) => Wire::Shared(Shared::Done {
+                final_model_version: d.final_model_version,
+                reason: d.reason,
+            }),
+            Some(Kind::Removed(r)) => Wire::Shared(Shared::Removed {
+                round: r.round,
+                reason: r.reason,
+            }),
+            None => {
+                return Err(ClientError::Protocol(
+                    "task names no kind (is the server newer than this client?)".into(),
+                ));
             }
-        };
-        v1::Task { kind: Some(kind) }
+        })
     }
 }
 

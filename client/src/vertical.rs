@@ -9,17 +9,15 @@
 //! (a `GradientHeader`, then chunks), which are checked here like a downloaded model:
 //! announced sizes against the task, chunks in order, SHA-256, finite values.
 
-use bytes::Bytes;
-use fedval_core::tensor::{
-    DEFAULT_CHUNK_BYTES, Reassembler, check_finite, chunk_ranges, from_le_bytes, sha256_hex,
-    to_le_bytes,
-};
+use fedval_core::tensor::{Reassembler, check_finite, from_le_bytes};
 use fedval_core::vertical::PartyModelSpec;
 use fedval_proto::v1;
 use ndarray::Array2;
 use tonic::transport::Channel;
 
-use crate::client::{CALL_TIMEOUT, Heartbeat, MAX_MODEL_BYTES, Session};
+use crate::client::{
+    CALL_TIMEOUT, Heartbeat, MAX_MODEL_BYTES, Session, check_sha256, chunked_stream, encode,
+};
 use crate::error::ClientError;
 use crate::task::{EmbedTask, VerticalTask};
 
@@ -235,7 +233,7 @@ impl VerticalClient {
             ))
         })?;
         let (rows32, dim32) = (wire_u32(rows, "rows")?, wire_u32(dim, "output_dim")?);
-        let bytes = Bytes::from(to_le_bytes(&values));
+        let (bytes, sha256) = encode(&values);
         let header = v1::EmbeddingHeader {
             federation_id: self.session.federation_id().to_owned(),
             client_id: self.session.client_id().to_owned(),
@@ -243,9 +241,16 @@ impl VerticalClient {
             rows: rows32,
             output_dim: dim32,
             total_bytes: bytes.len() as u64,
-            sha256: sha256_hex(&bytes),
+            sha256,
         };
-        let mut req = self.session.authed(embedding_stream(header, bytes));
+        use v1::embedding_message::Kind;
+        let first = v1::EmbeddingMessage {
+            kind: Some(Kind::Header(header)),
+        };
+        let stream = chunked_stream(first, bytes, |c| v1::EmbeddingMessage {
+            kind: Some(Kind::Chunk(c)),
+        });
+        let mut req = self.session.authed(stream);
         req.set_timeout(task.deadline.saturating_add(CALL_TIMEOUT));
         let mut stream = self
             .session
@@ -322,13 +327,7 @@ async fn receive_gradients(
     }
     let bytes = buf.finish().map_err(|e| bad(e.to_string()))?;
     if want_rows > 0 {
-        let actual = sha256_hex(&bytes);
-        if !actual.eq_ignore_ascii_case(&header.sha256) {
-            return Err(bad(format!(
-                "checksum mismatch: announced sha256 {}, received bytes hash to {actual}",
-                header.sha256
-            )));
-        }
+        check_sha256(&bytes, &header.sha256).map_err(bad)?;
     }
     let values = from_le_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
     check_finite(&values).map_err(|e| bad(e.to_string()))?;
@@ -342,25 +341,6 @@ async fn receive_gradients(
         gradients,
         loss: header.loss,
     })
-}
-
-/// The embedding stream: `header` first, then `DEFAULT_CHUNK_BYTES` slices of `bytes`.
-fn embedding_stream(
-    header: v1::EmbeddingHeader,
-    bytes: Bytes,
-) -> impl futures::Stream<Item = v1::EmbeddingMessage> + Send + 'static {
-    use v1::embedding_message::Kind;
-    let chunks =
-        chunk_ranges(bytes.len(), DEFAULT_CHUNK_BYTES).map(move |range| v1::EmbeddingMessage {
-            kind: Some(Kind::Chunk(v1::TensorChunk {
-                offset: range.start as u64,
-                data: bytes.slice(range),
-            })),
-        });
-    let first = v1::EmbeddingMessage {
-        kind: Some(Kind::Header(header)),
-    };
-    futures::stream::iter(std::iter::once(first).chain(chunks))
 }
 
 #[cfg(test)]

@@ -47,11 +47,19 @@ fn federation(validation: &Dataset) -> pb::FederationConfig {
     }
 }
 
+/// Runs the node binary with `args`, then `--data csv`, to completion on a blocking thread.
+async fn run_binary(args: &[&str], csv: &Path) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fedval-client"));
+    command.args(args).arg("--data").arg(csv);
+    tokio::task::spawn_blocking(move || command.output().expect("the binary starts"))
+        .await
+        .expect("join")
+}
+
 /// Runs the node binary to completion on a blocking thread.
 async fn node(url: &str, name: &str, secret: &str, csv: &Path) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fedval-client"));
-    command
-        .args([
+    run_binary(
+        &[
             "--server",
             url,
             "--federation",
@@ -60,53 +68,79 @@ async fn node(url: &str, name: &str, secret: &str, csv: &Path) -> Output {
             secret,
             "--name",
             name,
-            "--data",
-        ])
-        .arg(csv);
-    tokio::task::spawn_blocking(move || command.output().expect("the binary starts"))
-        .await
-        .expect("join")
+        ],
+        csv,
+    )
+    .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_node_processes_complete_a_federation() {
+/// Adds the admin bearer token to an admin request.
+fn authorize(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let token: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {ADMIN}").parse().expect("ascii");
+    r.metadata_mut().insert("authorization", token);
+    Ok(r)
+}
+
+/// An admin client that authorises every call with [`authorize`].
+type Admin = AdminClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+/// Starts a server on a free loopback port; returns it, its url and an admin client.
+async fn start_server() -> (RunningServer, String, Admin) {
     let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
     let server = RunningServer::start(addr, ServerSettings::new(Store::memory(), ADMIN))
         .await
         .expect("server");
     let url = server.url();
-    let iris = builtin::iris();
-    let rows: Vec<usize> = (0..iris.len()).collect();
-    let (validation, a, b) = (
-        iris.subset(
-            &rows
-                .iter()
-                .copied()
-                .filter(|i| i % 5 == 0)
-                .collect::<Vec<_>>(),
-        ),
-        iris.subset(
-            &rows
-                .iter()
-                .copied()
-                .filter(|i| i % 5 != 0 && i % 2 == 0)
-                .collect::<Vec<_>>(),
-        ),
-        iris.subset(
-            &rows
-                .iter()
-                .copied()
-                .filter(|i| i % 5 != 0 && i % 2 == 1)
-                .collect::<Vec<_>>(),
-        ),
-    );
     let channel = fedval_client::connect(&url).await.expect("connect");
-    let token: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {ADMIN}").parse().expect("ascii");
-    let mut admin = AdminClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", token.clone());
-        Ok(r)
-    });
+    let admin = AdminClient::with_interceptor(channel, authorize as fn(_) -> _);
+    (server, url, admin)
+}
+
+/// Asserts that every process succeeded (showing its output if not); returns the stdouts.
+fn successful_stdouts(outs: [&Output; 2]) -> Vec<String> {
+    outs.iter()
+        .map(|out| {
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "stdout: {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+        })
+        .collect()
+}
+
+/// The committed rounds of `federation_id`.
+async fn rounds(admin: &mut Admin, federation_id: &str) -> Vec<pb::RoundRecord> {
+    admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation_id: federation_id.into(),
+        })
+        .await
+        .expect("rounds")
+        .into_inner()
+        .rounds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_node_processes_complete_a_federation() {
+    let (server, url, mut admin) = start_server().await;
+    let iris = builtin::iris();
+    let part = |keep: fn(usize) -> bool| {
+        iris.subset(&(0..iris.len()).filter(|&i| keep(i)).collect::<Vec<_>>())
+    };
+    let (validation, a, b) = (
+        part(|i| i % 5 == 0),
+        part(|i| i % 5 != 0 && i % 2 == 0),
+        part(|i| i % 5 != 0 && i % 2 == 1),
+    );
     admin
         .create_federation(pb::CreateFederationRequest {
             config: Some(federation(&validation)),
@@ -128,23 +162,10 @@ async fn two_node_processes_complete_a_federation() {
         node(&url, "node-a", "iris-secret", &csv_a),
         node(&url, "node-b", "iris-secret", &csv_b)
     );
-    for out in [&out_a, &out_b] {
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "stdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for stdout in successful_stdouts([&out_a, &out_b]) {
         assert!(stdout.contains("final model version 3"), "stdout: {stdout}");
     }
-    let rounds = admin
-        .list_rounds(pb::ListRoundsRequest {
-            federation_id: "iris".into(),
-        })
-        .await
-        .expect("rounds")
-        .into_inner()
-        .rounds;
+    let rounds = rounds(&mut admin, "iris").await;
     assert_eq!(rounds.len(), 3);
     for r in &rounds {
         assert_eq!(r.participants.len(), 2);
@@ -166,9 +187,8 @@ fn write_party_csv(path: &Path, block: &ndarray::Array2<f32>) {
 
 /// Runs the node binary in vertical mode to completion.
 async fn party(url: &str, name: &str, csv: &Path) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fedval-client"));
-    command
-        .args([
+    run_binary(
+        &[
             "--server",
             url,
             "--federation",
@@ -178,32 +198,19 @@ async fn party(url: &str, name: &str, csv: &Path) -> Output {
             "--name",
             name,
             "--vertical",
-            "--data",
-        ])
-        .arg(csv);
-    tokio::task::spawn_blocking(move || command.output().expect("the binary starts"))
-        .await
-        .expect("join")
+        ],
+        csv,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_vertical_party_processes_complete_a_vertical_federation() {
-    let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let server = RunningServer::start(addr, ServerSettings::new(Store::memory(), ADMIN))
-        .await
-        .expect("server");
-    let url = server.url();
+    let (server, url, mut admin) = start_server().await;
     let iris = builtin::iris();
     let split = fedval_core::vertical::ColumnSplit::contiguous(4, 2).expect("split");
     let blocks = split.project_all(&iris).expect("blocks");
     let test_ids: Vec<u32> = (0..iris.len() as u32).filter(|i| i % 5 == 0).collect();
-    let channel = fedval_client::connect(&url).await.expect("connect");
-    let token: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {ADMIN}").parse().expect("ascii");
-    let mut admin = AdminClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", token.clone());
-        Ok(r)
-    });
     admin
         .create_federation(pb::CreateFederationRequest {
             config: Some(pb::FederationConfig {
@@ -248,25 +255,12 @@ async fn two_vertical_party_processes_complete_a_vertical_federation() {
         party(&url, "party-a", &csv_a),
         party(&url, "party-b", &csv_b)
     );
-    for out in [&out_a, &out_b] {
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "stdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for stdout in successful_stdouts([&out_a, &out_b]) {
         assert!(stdout.contains("2 features"), "stdout: {stdout}");
         assert!(stdout.contains("5 rounds trained"), "stdout: {stdout}");
         assert!(stdout.contains("evaluation loss"), "stdout: {stdout}");
     }
-    let rounds = admin
-        .list_rounds(pb::ListRoundsRequest {
-            federation_id: "iris-v".into(),
-        })
-        .await
-        .expect("rounds")
-        .into_inner()
-        .rounds;
+    let rounds = rounds(&mut admin, "iris-v").await;
     assert_eq!(rounds.len(), 5);
     for r in &rounds {
         assert_eq!(r.participants.len(), 2);

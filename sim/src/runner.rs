@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fedval_client::{FederationClient, ModelTrainer, RunOptions, connect, run_node};
 use fedval_core::data::Dataset;
-use fedval_core::model::{ModelSpec, TrainConfig};
+use fedval_core::model::{EvalMetrics, ModelSpec, TrainConfig};
 use fedval_core::tensor;
 use fedval_proto::v1 as pb;
 use fedval_proto::v1::admin_client::AdminClient;
@@ -512,17 +512,19 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
     .await?;
 
     let spec = model_spec(config.model, &prepared.test);
-    let test = final_test(config, &spec, &prepared, &results)?;
+    // Every client's final model on the test set, evaluated once.
+    let tests = results
+        .iter()
+        .map(|r| spec.evaluate(&r.final_model, &prepared.test))
+        .collect::<Result<Vec<_>, _>>()?;
+    let test = final_test(config, &prepared, &results, &tests);
     let standalone = {
         let (config, prepared, spec) = (config.clone(), prepared.clone(), spec.clone());
         tokio::task::spawn_blocking(move || standalone_accuracies(&config, &prepared, &spec))
             .await
             .map_err(|e| SimError::Client(format!("standalone training panicked: {e}")))??
     };
-    let mut test_accuracy = Vec::with_capacity(results.len());
-    for r in &results {
-        test_accuracy.push(spec.evaluate(&r.final_model, &prepared.test)?.accuracy);
-    }
+    let test_accuracy: Vec<f64> = tests.iter().map(|m| m.accuracy).collect();
 
     let names: HashMap<String, String> = results
         .iter()
@@ -571,31 +573,29 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
 /// nothing about what the federation delivers).
 fn final_test(
     config: &SimConfig,
-    spec: &ModelSpec,
     prepared: &Prepared,
     results: &[ClientResult],
-) -> Result<(f64, f64), SimError> {
-    let chosen: Vec<&ClientResult> = if personalised(config) {
+    tests: &[EvalMetrics],
+) -> (f64, f64) {
+    let chosen: Vec<&EvalMetrics> = if personalised(config) {
         results
             .iter()
-            .filter(|r| {
+            .zip(tests)
+            .filter(|(r, _)| {
                 prepared
                     .clients
                     .get(r.index)
                     .is_some_and(|c| !c.behaviour.is_adversary())
             })
+            .map(|(_, m)| m)
             .collect()
     } else {
-        results.first().into_iter().collect()
+        tests.first().into_iter().collect()
     };
-    let (mut accuracy, mut loss) = (0.0, 0.0);
-    for r in &chosen {
-        let m = spec.evaluate(&r.final_model, &prepared.test)?;
-        accuracy += m.accuracy;
-        loss += m.loss;
-    }
     let n = chosen.len().max(1) as f64;
-    Ok((accuracy / n, loss / n))
+    let accuracy: f64 = chosen.iter().map(|m| m.accuracy).sum();
+    let loss: f64 = chosen.iter().map(|m| m.loss).sum();
+    (accuracy / n, loss / n)
 }
 
 /// True when every client ends with its own model (RFFL, fair rewards) rather than the

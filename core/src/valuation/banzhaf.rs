@@ -57,15 +57,7 @@ impl Estimator for MsrBanzhaf {
         if n == 0 {
             return Err(ValuationError::NoPlayers);
         }
-        let cap = game.cap(self.budget);
-        if cap == 0 {
-            return Err(ValuationError::BudgetTooSmall {
-                budget: cap,
-                needed: 1,
-                n,
-                method: Method::Banzhaf,
-            });
-        }
+        let cap = game.cap_at_least(self.budget, 1, Method::Banzhaf)?;
         let start = game.evaluations();
         let mut sums = SideSums::new(n);
         let mut batch = Vec::new();

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::{Coalition, ValuationError};
+use super::{Coalition, Method, ValuationError};
 
 /// A cooperative game: `n` players and a utility for every coalition.
 ///
@@ -287,6 +287,27 @@ impl<G: Game> Metered<G> {
     /// what the meter has left (estimators sharing one meter never overspend it).
     pub fn cap(&self, budget: u64) -> u64 {
         self.remaining().map_or(budget, |left| left.min(budget))
+    }
+
+    /// [`cap`](Self::cap), or [`ValuationError::BudgetTooSmall`] for `method` when it is
+    /// below the `needed` evaluations of the smallest run (the shared budget check of the
+    /// sampling estimators).
+    pub fn cap_at_least(
+        &self,
+        budget: u64,
+        needed: u64,
+        method: Method,
+    ) -> Result<u64, ValuationError> {
+        let cap = self.cap(budget);
+        if cap < needed {
+            return Err(ValuationError::BudgetTooSmall {
+                budget: cap,
+                needed,
+                n: self.n_players(),
+                method,
+            });
+        }
+        Ok(cap)
     }
 
     /// Evaluations left before the budget is exhausted (`None`: unbounded).

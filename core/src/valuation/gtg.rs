@@ -38,13 +38,8 @@
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use super::tmc::{
-    ConvergenceWindow, Ends, Walker, check_convergence, check_non_negative, walk_capacity,
-};
-use super::{
-    Estimator, IncrementalGame, Metered, Method, RunningMoments, StopReason, Valuation,
-    ValuationError,
-};
+use super::tmc::{Ends, WalkTally, Walker, check_convergence, check_non_negative, walk_capacity};
+use super::{Estimator, IncrementalGame, Metered, Method, StopReason, Valuation, ValuationError};
 
 /// GTG-Shapley parameters (defaults from ALGORITHMS.md 2.3 via [`GtgShapley::new`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -120,14 +115,12 @@ impl Estimator for GtgShapley {
         let min_walks = self.min_permutations.max(n as u64);
         let mut leaders: Vec<usize> = (0..n).collect();
         let mut walker = Walker::new(n);
-        let mut window = ConvergenceWindow::new(n, self.window, self.threshold);
-        let mut moments = RunningMoments::new(n);
+        let mut tally = WalkTally::new(n, self.window, self.threshold);
         let mut stop = StopReason::BudgetExhausted;
-        let mut walks = 0u64;
         'sweeps: loop {
             leaders.shuffle(rng);
             for &leader in &leaders {
-                if walks >= cap || !walker.affordable(game, start, cap) {
+                if tally.walks() >= cap || !walker.affordable(game, start, cap) {
                     break 'sweeps;
                 }
                 let order = walker.order_mut();
@@ -139,23 +132,15 @@ impl Estimator for GtgShapley {
                 walker.walk(game, ends, |_, previous| {
                     (ends.full - previous).abs() < self.within_tolerance
                 })?;
-                moments.push(walker.sample());
-                walks += 1;
-                window.push(moments.means());
+                tally.record(walker.sample());
             }
-            if walks >= min_walks && window.converged(moments.means()) {
+            if tally.walks() >= min_walks && tally.converged() {
                 stop = StopReason::Converged;
                 break;
             }
         }
 
-        Ok(Valuation {
-            values: moments.means().to_vec(),
-            std_errors: moments.std_errors(),
-            evaluations: game.evaluations() - start,
-            stop,
-            method: Method::Gtg,
-        })
+        Ok(tally.finish(game.evaluations() - start, stop, Method::Gtg))
     }
 }
 

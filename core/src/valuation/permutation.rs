@@ -50,17 +50,8 @@ impl Estimator for PermutationSampling {
         if n == 0 {
             return Err(ValuationError::NoPlayers);
         }
-        let cap = game.cap(self.budget);
         let sample_cost = (n as u64 - 1) * self.walks();
-        let needed = 2 + sample_cost;
-        if cap < needed {
-            return Err(ValuationError::BudgetTooSmall {
-                budget: cap,
-                needed,
-                n,
-                method: Method::Permutation,
-            });
-        }
+        let cap = game.cap_at_least(self.budget, 2 + sample_cost, Method::Permutation)?;
         let start = game.evaluations();
 
         game.reset();

@@ -175,16 +175,8 @@ impl Estimator for Semivalue {
     ) -> Result<Valuation, ValuationError> {
         let n = game.n_players();
         let sizes = SizeSampler::new(&self.weights.size_probabilities(n)?);
-        let cap = game.cap(self.budget);
         let worst = n as u64 + 1;
-        if cap < worst {
-            return Err(ValuationError::BudgetTooSmall {
-                budget: cap,
-                needed: worst,
-                n,
-                method: Method::Semivalue,
-            });
-        }
+        let cap = game.cap_at_least(self.budget, worst, Method::Semivalue)?;
         let start = game.evaluations();
         let mut stars = Stars::new(n);
         let mut moments = RunningMoments::new(n);

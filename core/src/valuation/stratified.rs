@@ -247,16 +247,8 @@ impl StratifiedSvarm {
     ) -> Result<Valuation, ValuationError> {
         let method = self.method();
         let n = game.n_players();
-        let cap = game.cap(self.budget);
         let needed = exact_step_cost(n);
-        if cap < needed {
-            return Err(ValuationError::BudgetTooSmall {
-                budget: cap,
-                needed,
-                n,
-                method,
-            });
-        }
+        let cap = game.cap_at_least(self.budget, needed, method)?;
         let batch = batch.max(1);
         let start = game.evaluations();
         let mut state = State::<M>::new(n, self.without_replacement);

@@ -72,16 +72,8 @@ impl Svarm {
         batch: usize,
     ) -> Result<Valuation, ValuationError> {
         let n = game.n_players();
-        let cap = game.cap(self.budget);
         let needed = 2 * n as u64;
-        if cap < needed {
-            return Err(ValuationError::BudgetTooSmall {
-                budget: cap,
-                needed,
-                n,
-                method: Method::Svarm,
-            });
-        }
+        let cap = game.cap_at_least(self.budget, needed, Method::Svarm)?;
         let batch = batch.max(1);
         let start = game.evaluations();
         // Row 0 of each: phi+ and phi- per player.

@@ -98,11 +98,9 @@ impl Estimator for TmcShapley {
 
         let close = self.tolerance * ends.full.abs();
         let mut walker = Walker::new(n);
-        let mut window = ConvergenceWindow::new(n, self.window, self.threshold);
-        let mut moments = RunningMoments::new(n);
+        let mut tally = WalkTally::new(n, self.window, self.threshold);
         let mut stop = StopReason::BudgetExhausted;
-        let mut walks = 0u64;
-        while walks < cap && walker.affordable(game, start, cap) {
+        while tally.walks() < cap && walker.affordable(game, start, cap) {
             walker.order_mut().shuffle(rng);
             let mut run = 0usize;
             walker.walk(game, ends, |len, previous| {
@@ -116,22 +114,14 @@ impl Estimator for TmcShapley {
                 }
                 run >= self.consecutive
             })?;
-            moments.push(walker.sample());
-            walks += 1;
-            window.push(moments.means());
-            if window.converged(moments.means()) {
+            tally.record(walker.sample());
+            if tally.converged() {
                 stop = StopReason::Converged;
                 break;
             }
         }
 
-        Ok(Valuation {
-            values: moments.means().to_vec(),
-            std_errors: moments.std_errors(),
-            evaluations: game.evaluations() - start,
-            stop,
-            method: Method::Tmc,
-        })
+        Ok(tally.finish(game.evaluations() - start, stop, Method::Tmc))
     }
 }
 
@@ -168,17 +158,7 @@ pub(crate) fn walk_capacity<G: Game>(
     if n == 0 {
         return Err(ValuationError::NoPlayers);
     }
-    let cap = game.cap(budget);
-    let needed = n as u64 + 1;
-    if cap < needed {
-        return Err(ValuationError::BudgetTooSmall {
-            budget: cap,
-            needed,
-            n,
-            method,
-        });
-    }
-    Ok(cap)
+    game.cap_at_least(budget, n as u64 + 1, method)
 }
 
 /// `v({})` and `v(N)`, evaluated once per run.
@@ -276,6 +256,55 @@ impl Walker {
             previous = current;
         }
         Ok(())
+    }
+}
+
+/// The per-player moments of the walks so far, their count and the convergence window
+/// over the running means: the bookkeeping TMC- and GTG-Shapley share after each walk.
+#[derive(Debug)]
+pub(crate) struct WalkTally {
+    moments: RunningMoments,
+    window: ConvergenceWindow,
+    walks: u64,
+}
+
+impl WalkTally {
+    /// No walks yet, with a convergence window of `window` means below `threshold`.
+    pub(crate) fn new(n: usize, window: usize, threshold: f64) -> Self {
+        Self {
+            moments: RunningMoments::new(n),
+            window: ConvergenceWindow::new(n, window, threshold),
+            walks: 0,
+        }
+    }
+
+    /// Walks recorded so far.
+    pub(crate) fn walks(&self) -> u64 {
+        self.walks
+    }
+
+    /// Adds one walk's marginals and pushes the new running means into the window.
+    pub(crate) fn record(&mut self, sample: &[f64]) {
+        self.moments.push(sample);
+        self.walks += 1;
+        self.window.push(self.moments.means());
+    }
+
+    /// Whether the window is full and every mean in it is within the threshold of the
+    /// current running means (see [`ConvergenceWindow::converged`]).
+    pub(crate) fn converged(&self) -> bool {
+        self.window.converged(self.moments.means())
+    }
+
+    /// The running means and their standard errors as the run's result.
+    pub(crate) fn finish(&self, evaluations: u64, stop: StopReason, method: Method) -> Valuation {
+        Valuation {
+            values: self.moments.means().to_vec(),
+            std_errors: self.moments.std_errors(),
+            evaluations,
+            stop,
+            method,
+        }
     }
 }
 

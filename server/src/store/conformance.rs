@@ -241,6 +241,9 @@ pub fn commit_round(s: &Store) {
         .expect("commit 10");
     s.commit_round("f", &r2, &[2.0, 2.0], &[], &fed("f"))
         .expect("commit 2");
+    assert_eq!(s.get_round("f", 10).expect("read"), Some(r10.clone()));
+    assert_eq!(s.get_round("f", 3).expect("read"), None);
+    assert_eq!(s.get_round("g", 10).expect("read"), None);
     assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0, r2, r10]);
     assert_eq!(s.list_rounds("g").expect("rounds"), vec![]);
 }

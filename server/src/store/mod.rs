@@ -340,11 +340,7 @@ impl Store {
 
     /// The federation `id`, if it exists.
     pub fn get_federation(&self, id: &str) -> Result<Option<FederationRecord>, StoreError> {
-        let key = keys::federation(id);
-        self.kv
-            .get(&key)?
-            .map(|bytes| decode(&key, &bytes))
-            .transpose()
+        self.get_record(&keys::federation(id))
     }
 
     /// Every federation, ordered by id.
@@ -605,6 +601,23 @@ impl Store {
     /// The committed rounds of a federation, in ascending round order.
     pub fn list_rounds(&self, federation: &str) -> Result<Vec<RoundRecord>, StoreError> {
         self.scan_records(&keys::rounds(federation))
+    }
+
+    /// Committed round `round` of a federation, if stored (one read, no scan).
+    pub fn get_round(
+        &self,
+        federation: &str,
+        round: u64,
+    ) -> Result<Option<RoundRecord>, StoreError> {
+        self.get_record(&keys::round(federation, round))
+    }
+
+    /// The record stored under `key`, if any.
+    fn get_record<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.kv
+            .get(key)?
+            .map(|bytes| decode(key, &bytes))
+            .transpose()
     }
 
     /// The tensor stored under `key`, if any.

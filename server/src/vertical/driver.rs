@@ -86,11 +86,7 @@ async fn restore(fed: &Arc<Federation>) -> ServiceResult<()> {
     }
     let rounds = fed.config().rounds;
     if st.record.committed_rounds >= rounds {
-        let last = fed
-            .store()
-            .list_rounds(fed.id())?
-            .into_iter()
-            .find(|r| r.round == rounds);
+        let last = fed.store().get_round(fed.id(), rounds)?;
         let test_loss = last
             .as_ref()
             .and_then(|r| r.metrics.iter().find(|(n, _)| n == "test_loss"))

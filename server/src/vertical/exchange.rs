@@ -308,9 +308,7 @@ impl Federation {
         };
         let record = self
             .store()
-            .list_rounds(self.id())?
-            .into_iter()
-            .find(|r| r.round == round)
+            .get_round(self.id(), round)?
             .ok_or_else(|| missing("the record"))?;
         let gradients = self
             .store()

@@ -113,27 +113,16 @@ async fn run_party(
                 if round == 1 || round == ROUNDS {
                     party.before.insert(round, party.model.clone());
                 }
-                let rows: Vec<usize> = sample_ids.iter().map(|&i| i as usize).collect();
-                let xb = x.select(Axis(0), &rows);
-                let h = party.model.embed(xb.view()).expect("embeds");
-                let values: Vec<f32> = h.iter().copied().collect();
-                let bytes = tensor::to_le_bytes(&values);
-                let claim = EmbeddingClaim {
-                    client_id: client_id.clone(),
-                    round,
-                    rows: rows.len() as u32,
-                    output_dim: h.ncols() as u32,
-                    total_bytes: bytes.len() as u64,
-                    sha256: tensor::sha256_hex(&bytes),
-                };
+                let step = Step::embed(&party.model, &x, &sample_ids, &client_id, round);
                 if let (Some((counter, ratio)), false) = (plan.follow, evaluate_only) {
                     steps += 1;
                     wait_for_steps(counter, steps * ratio).await;
                 }
                 // An asynchronous step can be refused because training just ended.
-                let accepted = match fed.admit_embeddings(&claim).await {
+                let accepted = match fed.admit_embeddings(&step.claim).await {
                     Ok(Admission::Open { .. }) => {
-                        fed.accept_embeddings(&client_id, round, values).await
+                        fed.accept_embeddings(&client_id, round, step.values.clone())
+                            .await
                     }
                     Ok(Admission::Replay { .. }) => Ok(()),
                     Err(e) => Err(e),
@@ -159,11 +148,7 @@ async fn run_party(
                     .expect("answered");
                 if !evaluate_only {
                     let g = tensor::from_le_bytes(&reply.bytes).expect("decodes");
-                    let g = Array2::from_shape_vec(h.dim(), g).expect("shape");
-                    party
-                        .model
-                        .apply_gradients(xb.view(), g.view(), LR, 0.0)
-                        .expect("updates");
+                    step.apply(&mut party.model, g);
                 }
                 if plan.stop_after == Some(round) {
                     return party;
@@ -250,6 +235,87 @@ async fn run_all(
         out.push(t.await.expect("party task"));
     }
     out
+}
+
+/// One embedding step of a party: the batch of its rows, their embeddings, the values sent
+/// and the claim announcing them.
+struct Step {
+    xb: Array2<f32>,
+    h: Array2<f32>,
+    values: Vec<f32>,
+    claim: EmbeddingClaim,
+}
+
+impl Step {
+    /// Embeds rows `sample_ids` of `x` with `model` for `client_id`'s `round`.
+    fn embed(
+        model: &PartyModel,
+        x: &Array2<f32>,
+        sample_ids: &[u32],
+        client_id: &str,
+        round: u64,
+    ) -> Self {
+        let rows: Vec<usize> = sample_ids.iter().map(|&i| i as usize).collect();
+        let xb = x.select(Axis(0), &rows);
+        let h = model.embed(xb.view()).expect("embeds");
+        let values: Vec<f32> = h.iter().copied().collect();
+        let bytes = tensor::to_le_bytes(&values);
+        let claim = EmbeddingClaim {
+            client_id: client_id.to_owned(),
+            round,
+            rows: rows.len() as u32,
+            output_dim: h.ncols() as u32,
+            total_bytes: bytes.len() as u64,
+            sha256: tensor::sha256_hex(&bytes),
+        };
+        Self {
+            xb,
+            h,
+            values,
+            claim,
+        }
+    }
+
+    /// Applies the step's `gradients` (row-major, one row per embedded sample) to `model`.
+    fn apply(&self, model: &mut PartyModel, gradients: Vec<f32>) {
+        let g = Array2::from_shape_vec(self.h.dim(), gradients).expect("shape");
+        model
+            .apply_gradients(self.xb.view(), g.view(), LR, 0.0)
+            .expect("updates");
+    }
+}
+
+/// First life of a restart test: opens a redb store in `dir`, creates `cfg`, enrolls the
+/// parties of `xs` and runs them to their `plans`' ends. The caller shuts the registry down.
+async fn first_life(
+    dir: &std::path::Path,
+    cfg: &FederationConfig,
+    xs: &[Arc<Array2<f32>>],
+    plans: &[Plan],
+) -> (Arc<Registry>, Arc<Federation>, Vec<String>, Vec<Party>) {
+    let registry = Registry::open(Store::open_redb(dir).expect("opens")).expect("reg");
+    let fed = registry.create(cfg.clone()).expect("created");
+    let blocks: Vec<Array2<f32>> = xs.iter().map(|x| (**x).clone()).collect();
+    let ids = enroll(&fed, &blocks).await;
+    let parties = xs.iter().map(|x| fresh(x)).collect();
+    let parties = run_all(&fed, &ids, xs, parties, plans).await;
+    (registry, fed, ids, parties)
+}
+
+/// Reopens the redb store in `dir` after a first life; the old store closes once its
+/// tasks are gone, so opening is retried.
+async fn reopen(dir: &std::path::Path) -> Arc<Registry> {
+    let mut store = None;
+    for _ in 0..100 {
+        match Store::open_redb(dir) {
+            Ok(s) => {
+                store = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    Registry::open(store.expect("reopens")).expect("registry")
 }
 
 fn metric(r: &RoundRecord, name: &str) -> f64 {
@@ -365,13 +431,6 @@ async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
     let dir = tempfile::tempdir().expect("tempdir");
     let xs: Vec<Arc<Array2<f32>>> = xs.into_iter().map(Arc::new).collect();
     let (ids, parties, before) = {
-        let registry = Registry::open(Store::open_redb(dir.path()).expect("opens")).expect("reg");
-        let fed = registry.create(cfg.clone()).expect("created");
-        let ids = enroll(
-            &fed,
-            &[(*xs[0]).clone(), (*xs[1]).clone(), (*xs[2]).clone()],
-        )
-        .await;
         // Everyone does rounds 1-3; party 0 also sends round 4 and hangs up.
         let plans = [
             Plan {
@@ -387,25 +446,13 @@ async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
                 ..Plan::default()
             },
         ];
-        let parties = xs.iter().map(|x| fresh(x)).collect();
-        let parties = run_all(&fed, &ids, &xs, parties, &plans).await;
+        let (registry, fed, ids, parties) = first_life(dir.path(), &cfg, &xs, &plans).await;
         let before = fed.store().list_rounds("restart").expect("rounds");
         assert_eq!(before.len(), 3);
         registry.shutdown();
         (ids, parties, before)
     };
-    // The old store closes once its tasks are gone: retry opening it.
-    let mut store = None;
-    for _ in 0..100 {
-        match Store::open_redb(dir.path()) {
-            Ok(s) => {
-                store = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let registry = Registry::open(store.expect("reopens")).expect("registry");
+    let registry = reopen(dir.path()).await;
     let fed = registry.get("restart").expect("restored");
     // Round 4 reopens with party 0's stored embeddings: it has nothing to do.
     let mut task = fed.next_task(&ids[0]).await;
@@ -434,22 +481,10 @@ async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
         tokio::spawn(async move {
             let mut p0 = p0;
             let batch = fed.vertical().expect("vertical").batch(5, 4);
-            let rows: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
-            let xb = x.select(Axis(0), &rows);
-            let h = p0.model.embed(xb.view()).expect("embeds");
-            let values: Vec<f32> = h.iter().copied().collect();
-            let bytes = tensor::to_le_bytes(&values);
-            let claim = EmbeddingClaim {
-                client_id: id.clone(),
-                round: 4,
-                rows: rows.len() as u32,
-                output_dim: 10,
-                total_bytes: bytes.len() as u64,
-                sha256: tensor::sha256_hex(&bytes),
-            };
-            let admission = fed.admit_embeddings(&claim).await.expect("admitted");
+            let step = Step::embed(&p0.model, &x, &batch, &id, 4);
+            let admission = fed.admit_embeddings(&step.claim).await.expect("admitted");
             assert!(matches!(admission, Admission::Open { .. }));
-            fed.accept_embeddings(&id, 4, values)
+            fed.accept_embeddings(&id, 4, step.values.clone())
                 .await
                 .expect("no second write");
             let reply = fed
@@ -460,14 +495,10 @@ async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
                 )
                 .await
                 .expect("answered");
-            let g = Array2::from_shape_vec(
-                h.dim(),
+            step.apply(
+                &mut p0.model,
                 tensor::from_le_bytes(&reply.bytes).expect("decodes"),
-            )
-            .expect("shape");
-            p0.model
-                .apply_gradients(xb.view(), g.view(), LR, 0.0)
-                .expect("updates");
+            );
             let p0 = run_party(fed, id, x, p0, Plan::default()).await;
             (reply, p0)
         })
@@ -524,13 +555,6 @@ async fn an_async_run_survives_a_restart_without_losing_an_acknowledged_step() {
     let dir = tempfile::tempdir().expect("tempdir");
     let xs: Vec<Arc<Array2<f32>>> = xs.into_iter().map(Arc::new).collect();
     let (ids, parties, table, steps_before, rounds_before) = {
-        let registry = Registry::open(Store::open_redb(dir.path()).expect("opens")).expect("reg");
-        let fed = registry.create(cfg.clone()).expect("created");
-        let ids = enroll(
-            &fed,
-            &[(*xs[0]).clone(), (*xs[1]).clone(), (*xs[2]).clone()],
-        )
-        .await;
         // 10 + 10 + 8 = 28 durable steps: snapshot 1 (step 15) and 13 logged after it;
         // party 2's step 8 is durable but its answer is lost.
         let plans = [
@@ -547,8 +571,7 @@ async fn an_async_run_survives_a_restart_without_losing_an_acknowledged_step() {
                 ..Plan::default()
             },
         ];
-        let parties = xs.iter().map(|x| fresh(x)).collect();
-        let parties = run_all(&fed, &ids, &xs, parties, &plans).await;
+        let (registry, fed, ids, parties) = first_life(dir.path(), &cfg, &xs, &plans).await;
         let table = table_of(&fed).await;
         let steps = fed
             .store()
@@ -566,17 +589,7 @@ async fn an_async_run_survives_a_restart_without_losing_an_acknowledged_step() {
         .map(|id| metric(&rounds_before[0], &format!("steps/{id}")))
         .sum();
     assert_eq!(steps_in_round_1, 15.0);
-    let mut store = None;
-    for _ in 0..100 {
-        match Store::open_redb(dir.path()) {
-            Ok(s) => {
-                store = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let registry = Registry::open(store.expect("reopens")).expect("registry");
+    let registry = reopen(dir.path()).await;
     let fed = registry.get("async-restart").expect("restored");
     // Snapshot 1 plus the 13 later log entries rebuild the table bit for bit.
     assert_eq!(table_of(&fed).await, table);
@@ -589,21 +602,9 @@ async fn an_async_run_survives_a_restart_without_losing_an_acknowledged_step() {
     let mut parties = parties;
     let mut p2 = parties.pop().expect("party 2");
     let batch = fed.vertical().expect("vertical").step_batch(5, 2, 8);
-    let rows: Vec<usize> = batch.iter().map(|&i| i as usize).collect();
-    let xb = xs[2].select(Axis(0), &rows);
-    let h = p2.model.embed(xb.view()).expect("embeds");
-    let values: Vec<f32> = h.iter().copied().collect();
-    let bytes = tensor::to_le_bytes(&values);
-    let claim = EmbeddingClaim {
-        client_id: ids[2].clone(),
-        round: 8,
-        rows: rows.len() as u32,
-        output_dim: 10,
-        total_bytes: bytes.len() as u64,
-        sha256: tensor::sha256_hex(&bytes),
-    };
+    let step = Step::embed(&p2.model, &xs[2], &batch, &ids[2], 8);
     assert!(matches!(
-        fed.admit_embeddings(&claim).await.expect("admitted"),
+        fed.admit_embeddings(&step.claim).await.expect("admitted"),
         Admission::Replay { .. }
     ));
     let reply = fed
@@ -618,12 +619,9 @@ async fn an_async_run_survives_a_restart_without_losing_an_acknowledged_step() {
         tensor::from_le_bytes(&reply.bytes).expect("decodes"),
         logged.1.gradients_f32()
     );
-    let g = Array2::from_shape_vec(h.dim(), logged.1.gradients_f32()).expect("shape");
-    p2.model
-        .apply_gradients(xb.view(), g.view(), LR, 0.0)
-        .expect("updates");
+    step.apply(&mut p2.model, logged.1.gradients_f32());
     // A step that is neither committed nor next is refused.
-    let mut skip = claim.clone();
+    let mut skip = step.claim.clone();
     skip.round = 11;
     let err = fed.admit_embeddings(&skip).await.expect_err("not next");
     assert!(matches!(err, ServiceError::InvalidArgument(_)), "{err}");
