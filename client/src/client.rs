@@ -85,6 +85,7 @@ impl Session {
                 client_name: name.to_owned(),
                 num_samples,
                 num_features,
+                cost_per_point: 0.0,
             })
             .await?
             .into_inner();

@@ -171,6 +171,7 @@ impl Coordinator for FakeCoordinator {
             client_id: CLIENT_ID.into(),
             token: TOKEN.into(),
             model,
+            bandit: None,
         }))
     }
 
@@ -304,6 +305,16 @@ impl Coordinator for FakeCoordinator {
             round,
             accepted: true,
         }))
+    }
+
+    async fn submit_bandit(
+        &self,
+        req: Request<v1::BanditSubmission>,
+    ) -> Result<Response<v1::BanditAck>, Status> {
+        check_auth(&req)?;
+        Err(Status::unimplemented(
+            "the fake coordinator runs no bandits",
+        ))
     }
 
     async fn heartbeat(

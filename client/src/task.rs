@@ -141,6 +141,7 @@ impl From<Task> for v1::Task {
                 }),
                 deadline_ms: u64::try_from(t.deadline.as_millis()).unwrap_or(u64::MAX),
                 model: Some(v1::ModelSpec::from(&t.model)),
+                required_points: 0.0,
             }),
             Task::Wait {
                 retry_after,
@@ -357,6 +358,11 @@ impl Wire {
                 round: r.round,
                 reason: r.reason,
             }),
+            Some(Kind::Bandit(_)) => {
+                return Err(ClientError::Protocol(
+                    "bandit tasks are not supported by this client yet".into(),
+                ));
+            }
             None => {
                 return Err(ClientError::Protocol(
                     "task names no kind (is the server newer than this client?)".into(),
@@ -439,6 +445,7 @@ mod tests {
                     seed: 5,
                 }),
                 deadline_ms: 1500,
+                required_points: 0.0,
                 model: Some(v1::ModelSpec {
                     kind: Some(v1::model_spec::Kind::LogisticRegression(
                         v1::LogisticRegressionSpec {

@@ -103,6 +103,7 @@ pub fn round_to_proto(r: &RoundRecord) -> pb::RoundRecord {
         valuation_ms: r.valuation_ms,
         valuation_status: r.valuation_status.describe(),
         valuation_stop: r.valuation_stop.clone(),
+        bandit: None,
         reputations: r
             .reputations
             .iter()
@@ -163,6 +164,10 @@ fn event_to_proto(event: Event) -> pb::FederationEvent {
         }
         Event::RoundCommitted(r) => Kind::RoundCommitted(round_to_proto(&r)),
         Event::RoundValued(r) => Kind::RoundValued(round_to_proto(&r)),
+        Event::LedgerRecorded { round, entries } => Kind::LedgerRecorded(pb::LedgerRecorded {
+            round,
+            entries: entries.iter().map(ledger_entry_to_proto).collect(),
+        }),
         Event::Ended {
             status,
             committed_rounds,

@@ -16,6 +16,8 @@ use fedval_core::reputation::{FairRewardConfig, RfflConfig};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
+pub use crate::bandit::settings::{BanditMechanism, BanditSettings, MAX_BANDIT_CLIENTS};
+pub use crate::fact::FactSettings;
 pub use crate::vertical::settings::{
     MAX_VERTICAL_CLASSES, MAX_VERTICAL_PARTIES, MAX_VERTICAL_SAMPLES, VerticalObjective,
     VerticalSettings, VerticalTraining,
@@ -79,7 +81,8 @@ pub struct FederationConfig {
     /// `vertical`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelSpec>,
-    /// Number of rounds to run (1 to 100 000).
+    /// Number of rounds to run (1 to 100 000; bandit federations: unused, 0).
+    #[serde(default)]
     pub rounds: u64,
     /// Clients that must be enrolled before the first round starts (at least 1).
     pub min_clients: usize,
@@ -132,6 +135,17 @@ pub struct FederationConfig {
     /// the number of synchronous rounds; see [`VerticalSettings`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertical: Option<VerticalSettings>,
+    /// FACT penalties and prizes against free riding (`fact = { offset = 1.0 }`,
+    /// ALGORITHMS.md section 6); `None` (the default) is off. Horizontal federations only:
+    /// every client must report its cost per data point when it enrolls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fact: Option<FactSettings>,
+    /// A federated linear bandit with Truth-FedBan incentives (`bandit = { dim = 5,
+    /// horizon = 2000 }`, ALGORITHMS.md section 7); `None` (the default) is not one. When
+    /// set, `model`, `validation`, `reputation`, `fair_reward`, `vertical` and `fact` must be
+    /// unset, `rounds` and `clients_per_round` 0, and `min_clients` is the number of clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<BanditSettings>,
 }
 
 /// Settings of the fair yet asymptotically equal reward policy (Lin et al. 2023,
@@ -631,6 +645,9 @@ impl FederationConfig {
                 ),
             ));
         }
+        if let Some(b) = &self.bandit {
+            return self.validate_bandit(b);
+        }
         check_range("rounds", self.rounds, 1, MAX_ROUNDS)?;
         // Both counts travel as uint32 on the wire.
         let wire_max = u32::MAX as usize;
@@ -644,7 +661,17 @@ impl FederationConfig {
         )?;
         self.validate_valuation()?;
         if let Some(v) = &self.vertical {
+            if self.fact.is_some() {
+                return Err(ConfigError::new(
+                    "fact",
+                    "must be unset in a vertical federation: FACT prices the data points \
+                     of horizontal clients",
+                ));
+            }
             return self.validate_vertical(v);
+        }
+        if let Some(f) = &self.fact {
+            f.validate()?;
         }
         let model = self.model.as_ref().ok_or_else(|| {
             ConfigError::new(
@@ -728,6 +755,49 @@ impl FederationConfig {
             ));
         }
         v.validate(self.rounds, self.min_clients)
+    }
+
+    /// The rules of a bandit federation: every learning-only field is unset, `rounds` and
+    /// `clients_per_round` are 0 (the run lasts `bandit.horizon` steps and every client
+    /// reports in every communication round), and the [`BanditSettings`] are valid.
+    fn validate_bandit(&self, b: &BanditSettings) -> Result<(), ConfigError> {
+        let set = [
+            ("model", self.model.is_some()),
+            ("validation", self.validation.is_some()),
+            ("reputation", self.reputation.is_some()),
+            ("fair_reward", self.fair_reward.is_some()),
+            ("vertical", self.vertical.is_some()),
+            ("fact", self.fact.is_some()),
+        ];
+        if let Some((field, _)) = set.iter().find(|(_, is_set)| *is_set) {
+            return Err(ConfigError::new(
+                *field,
+                "must be unset in a bandit federation (clients learn a linear bandit from \
+                 their own contexts; there is no shared model); remove it",
+            ));
+        }
+        for (field, value) in [
+            ("rounds", self.rounds),
+            ("clients_per_round", self.clients_per_round as u64),
+        ] {
+            if value != 0 {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "must be 0 in a bandit federation (the run lasts `bandit.horizon` \
+                         steps and every client reports in every round), got {value}"
+                    ),
+                ));
+            }
+        }
+        check_range("min_clients", self.min_clients, 1, MAX_BANDIT_CLIENTS)?;
+        check_range(
+            "round_timeout_ms",
+            self.round_timeout_ms,
+            MIN_ROUND_TIMEOUT_MS,
+            MAX_ROUND_TIMEOUT_MS,
+        )?;
+        b.validate()
     }
 
     fn validate_training(&self) -> Result<(), ConfigError> {
@@ -1174,6 +1244,8 @@ mod tests {
             reputation: None,
             fair_reward: None,
             vertical: None,
+            fact: None,
+            bandit: None,
         }
     }
 
@@ -1358,6 +1430,8 @@ mod tests {
                 reputation: None,
                 fair_reward: None,
                 vertical: None,
+                fact: None,
+                bandit: None,
             }]
         );
     }

@@ -26,9 +26,10 @@ use fedval_core::model::ModelSpec;
 use fedval_proto::v1 as proto;
 
 use crate::config::{
-    ConfigError, DEFAULT_ROUND_TIMEOUT_MS, FairRewardSettings, FederationConfig, RfflSettings,
-    TrainingParams, UtilityMetric, ValidationData, ValuationConfig, ValuationMethod,
-    VerticalObjective, VerticalSettings, VerticalTraining,
+    BanditMechanism, BanditSettings, ConfigError, DEFAULT_ROUND_TIMEOUT_MS, FactSettings,
+    FairRewardSettings, FederationConfig, RfflSettings, TrainingParams, UtilityMetric,
+    ValidationData, ValuationConfig, ValuationMethod, VerticalObjective, VerticalSettings,
+    VerticalTraining,
 };
 
 /// Narrows a count to the wire's `uint32`, saturating (validated configs always fit).
@@ -272,8 +273,10 @@ impl TryFrom<proto::FederationConfig> for FederationConfig {
     /// Decodes a wire configuration; call [`FederationConfig::validate`] afterwards.
     fn try_from(p: proto::FederationConfig) -> Result<Self, ConfigError> {
         let vertical = p.vertical.as_ref().map(TryInto::try_into).transpose()?;
-        let model = match (&p.model, &vertical) {
-            (None, Some(_)) => None,
+        let bandit = p.bandit.as_ref().map(TryInto::try_into).transpose()?;
+        // Vertical and bandit federations have no shared model.
+        let model = match (&p.model, vertical.is_some() || bandit.is_some()) {
+            (None, true) => None,
             (model, _) => Some(model_from_proto(model.as_ref())?),
         };
         Ok(Self {
@@ -302,6 +305,8 @@ impl TryFrom<proto::FederationConfig> for FederationConfig {
             reputation: p.reputation.as_ref().map(Into::into),
             fair_reward: p.fair_reward.as_ref().map(Into::into),
             vertical,
+            fact: p.fact.as_ref().map(TryInto::try_into).transpose()?,
+            bandit,
         })
     }
 }
@@ -444,6 +449,75 @@ impl From<&FederationConfig> for proto::FederationConfig {
             reputation: c.reputation.as_ref().map(Into::into),
             fair_reward: c.fair_reward.as_ref().map(Into::into),
             vertical: c.vertical.as_ref().map(Into::into),
+            fact: c.fact.as_ref().map(Into::into),
+            bandit: c.bandit.as_ref().map(Into::into),
+        }
+    }
+}
+
+impl TryFrom<&proto::FactConfig> for FactSettings {
+    type Error = ConfigError;
+
+    /// Unset fields take the defaults; an unknown remainder policy is refused.
+    fn try_from(p: &proto::FactConfig) -> Result<Self, ConfigError> {
+        let d = FactSettings::default();
+        Ok(FactSettings {
+            offset: p.offset.unwrap_or(d.offset),
+            alpha: p.alpha.unwrap_or(d.alpha),
+            prize_factor: p.prize_factor.unwrap_or(d.prize_factor),
+            remainder: crate::fact::parse_remainder(&p.remainder)?,
+            seed: p.seed,
+        })
+    }
+}
+
+impl From<&FactSettings> for proto::FactConfig {
+    /// Every field set explicitly, except an unset seed.
+    fn from(f: &FactSettings) -> Self {
+        proto::FactConfig {
+            offset: Some(f.offset),
+            alpha: Some(f.alpha),
+            prize_factor: Some(f.prize_factor),
+            remainder: crate::fact::remainder_name(f.remainder).into(),
+            seed: f.seed,
+        }
+    }
+}
+
+impl TryFrom<&proto::BanditConfig> for BanditSettings {
+    type Error = ConfigError;
+
+    /// Unset fields take the defaults; an unknown mechanism is refused.
+    fn try_from(p: &proto::BanditConfig) -> Result<Self, ConfigError> {
+        let d = BanditSettings::new(p.dim, p.horizon);
+        Ok(BanditSettings {
+            lambda: p.lambda.unwrap_or(d.lambda),
+            alpha: p.alpha.unwrap_or(d.alpha),
+            threshold: p.threshold.unwrap_or(d.threshold),
+            beta: p.beta.unwrap_or(d.beta),
+            essential_cap: p.essential_cap.unwrap_or(d.essential_cap),
+            mechanism: BanditMechanism::parse(&p.mechanism)?,
+            baseline_value_weight: p.baseline_value_weight.unwrap_or(d.baseline_value_weight),
+            seed: p.seed,
+            ..d
+        })
+    }
+}
+
+impl From<&BanditSettings> for proto::BanditConfig {
+    /// Every field set explicitly, except an unset seed.
+    fn from(b: &BanditSettings) -> Self {
+        proto::BanditConfig {
+            dim: b.dim,
+            horizon: b.horizon,
+            lambda: Some(b.lambda),
+            alpha: Some(b.alpha),
+            threshold: Some(b.threshold),
+            beta: Some(b.beta),
+            essential_cap: Some(b.essential_cap),
+            mechanism: b.mechanism.as_str().into(),
+            baseline_value_weight: Some(b.baseline_value_weight),
+            seed: b.seed,
         }
     }
 }
@@ -521,6 +595,8 @@ mod tests {
             }),
             fair_reward: None,
             vertical: None,
+            fact: None,
+            bandit: None,
         }
     }
 

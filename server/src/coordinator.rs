@@ -79,6 +79,7 @@ impl Coordinator for CoordinatorService {
                 &req.client_name,
                 req.num_samples,
                 req.num_features,
+                req.cost_per_point,
             )
             .await?;
         let config = fed.config();
@@ -93,6 +94,13 @@ impl Coordinator for CoordinatorService {
                 l2: v.l2,
                 seed: config.seed,
                 training: v.training.as_str().into(),
+            }),
+            bandit: config.bandit.as_ref().map(|b| pb::BanditAgent {
+                dim: b.dim,
+                lambda: b.lambda,
+                alpha: b.alpha,
+                threshold: b.threshold,
+                horizon: b.horizon,
             }),
         }))
     }
@@ -303,6 +311,23 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
+    async fn submit_bandit(
+        &self,
+        request: Request<pb::BanditSubmission>,
+    ) -> Result<Response<pb::BanditAck>, Status> {
+        let fed = self
+            .authorized(
+                &request,
+                &request.get_ref().federation_id,
+                &request.get_ref().client_id,
+            )
+            .await?;
+        Err(Status::failed_precondition(format!(
+            "federation `{}` does not run bandits yet",
+            fed.id()
+        )))
+    }
+
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
@@ -446,6 +471,7 @@ fn task_to_proto(fed: &Federation, task: NextTask) -> pb::Task {
             round,
             model_version,
             deadline_ms,
+            required_points,
         } => Kind::Train(pb::TrainTask {
             round,
             model_version,
@@ -457,6 +483,7 @@ fn task_to_proto(fed: &Federation, task: NextTask) -> pb::Task {
             }),
             deadline_ms,
             model: config.model.as_ref().map(Into::into),
+            required_points,
         }),
         NextTask::Wait { reason } => Kind::Wait(pb::WaitTask {
             retry_after_ms: 50,

@@ -98,6 +98,8 @@ pub enum NextTask {
         round: u64,
         model_version: u64,
         deadline_ms: u64,
+        /// FACT federations: the client's required contribution `m*` (0 otherwise).
+        required_points: f64,
     },
     /// Nothing to do yet.
     Wait { reason: String },
@@ -168,6 +170,12 @@ pub enum Event {
     RoundCommitted(Box<RoundRecord>),
     /// A committed round's valuation was recorded (done, skipped or failed).
     RoundValued(Box<RoundRecord>),
+    /// Payments, penalties or prizes of `round` were newly written to the ledger (a
+    /// replay that writes nothing emits nothing).
+    LedgerRecorded {
+        round: u64,
+        entries: Vec<crate::store::LedgerEntry>,
+    },
     /// The federation finished or was stopped.
     Ended {
         status: FederationStatus,
@@ -492,13 +500,15 @@ impl Federation {
 
     /// Enrolls a client with the federation's secret; returns its id and bearer token.
     /// `num_features` is a vertical party's column count (ignored by horizontal
-    /// federations).
+    /// federations); `cost_per_point` is the marginal cost a client of a FACT federation
+    /// reports (ignored elsewhere).
     pub async fn enroll(
         &self,
         secret: &str,
         name: &str,
         num_samples: u64,
         num_features: u32,
+        cost_per_point: f64,
     ) -> ServiceResult<(String, String)> {
         let expected = auth::hash_token(&self.config.enrollment_secret);
         let given = auth::hash_token(secret);
@@ -518,6 +528,10 @@ impl Federation {
                 "num_samples {num_samples} is larger than the maximum {MAX_NUM_SAMPLES}"
             )));
         }
+        let cost_per_point = match &self.config.fact {
+            Some(fact) => Some(crate::fact::check_reported_cost(fact, cost_per_point)?),
+            None => None,
+        };
         let mut st = self.state.lock().await;
         if matches!(
             st.record.status,
@@ -575,6 +589,7 @@ impl Federation {
             num_samples,
             enrolled_at_ms: now_ms(),
             seq,
+            cost_per_point,
         };
         self.store.add_client(&self.config.id, &rec)?;
         let index = st.clients.len();
@@ -588,6 +603,19 @@ impl Federation {
         self.notify();
         tracing::info!(federation = %self.config.id, %client_id, name, "client enrolled");
         Ok((client_id, token))
+    }
+
+    /// A FACT federation's required contribution `m*` of `client_id` (0 otherwise).
+    fn required_points(&self, st: &FedState, client_id: &str) -> f64 {
+        let cost = st
+            .by_id
+            .get(client_id)
+            .and_then(|&i| st.clients.get(i))
+            .and_then(|c| c.cost_per_point);
+        match (&self.config.fact, cost) {
+            (Some(fact), Some(cost)) => fact.required_points(cost),
+            _ => 0.0,
+        }
     }
 
     /// Checks that `token` belongs to `claimed_client_id` in this federation.
@@ -643,6 +671,7 @@ impl Federation {
                     round: r.number,
                     model_version: st.model.version,
                     deadline_ms: r.deadline_wall_ms.saturating_sub(now_ms()),
+                    required_points: self.required_points(&st, client_id),
                 }
             }
             Some(r) if r.received.contains_key(client_id) => NextTask::Wait {
@@ -1107,7 +1136,10 @@ pub(crate) mod tests {
     /// A federation of `rounds` rounds with one enrolled client whose round 1 is open.
     pub(crate) async fn open_federation(store: Store, rounds: u64) -> (Arc<Federation>, String) {
         let fed = Federation::create(config(rounds), store).expect("created");
-        let (client, _token) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
+        let (client, _token) = fed
+            .enroll("s", "alice", 10, 0, 0.0)
+            .await
+            .expect("enrolled");
         let mut st = fed.state.lock().await;
         let selected = fed.select(&st.clients, 1);
         st.round = Some(OpenRound {
@@ -1176,7 +1208,10 @@ pub(crate) mod tests {
         let mut cfg = config(3);
         cfg.reputation = Some(crate::config::RfflSettings::with_gamma(1.0));
         let fed = Federation::create(cfg, Store::memory()).expect("created");
-        let (alice, _) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
+        let (alice, _) = fed
+            .enroll("s", "alice", 10, 0, 0.0)
+            .await
+            .expect("enrolled");
         // Before any round every client owns the initial model.
         let own = fed.model_for(&alice, 0).await.expect("own model");
         assert_eq!(own.params, fed.model(0).await.expect("global").params);
@@ -1188,7 +1223,10 @@ pub(crate) mod tests {
             deadline_wall_ms: now_ms() + 600_000,
             closed: false,
         });
-        let err = fed.enroll("s", "bob", 10, 0).await.expect_err("refused");
+        let err = fed
+            .enroll("s", "bob", 10, 0, 0.0)
+            .await
+            .expect_err("refused");
         assert!(
             matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("takes no new clients once round 1 has opened")),
             "{err}"
@@ -1203,10 +1241,16 @@ pub(crate) mod tests {
             ..Default::default()
         });
         let fed = Federation::create(cfg, Store::memory()).expect("created");
-        let (alice, _) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
-        fed.enroll("s", "bob", 10, 0).await.expect("enrolled");
+        let (alice, _) = fed
+            .enroll("s", "alice", 10, 0, 0.0)
+            .await
+            .expect("enrolled");
+        fed.enroll("s", "bob", 10, 0, 0.0).await.expect("enrolled");
         // A window of 3 rounds takes at most 2 clients.
-        let err = fed.enroll("s", "carol", 10, 0).await.expect_err("window");
+        let err = fed
+            .enroll("s", "carol", 10, 0, 0.0)
+            .await
+            .expect_err("window");
         assert!(
             matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("takes at most 2 clients")),
             "{err}"
@@ -1217,7 +1261,10 @@ pub(crate) mod tests {
         let mut cfg = config(3);
         cfg.fair_reward = Some(crate::config::FairRewardSettings::default());
         let open = Federation::create(cfg, Store::memory()).expect("created");
-        let (alice, _) = open.enroll("s", "alice", 10, 0).await.expect("enrolled");
+        let (alice, _) = open
+            .enroll("s", "alice", 10, 0, 0.0)
+            .await
+            .expect("enrolled");
         open.state.lock().await.round = Some(OpenRound {
             number: 1,
             selected: BTreeSet::from([alice.clone()]),
@@ -1226,7 +1273,10 @@ pub(crate) mod tests {
             deadline_wall_ms: now_ms() + 600_000,
             closed: false,
         });
-        let err = open.enroll("s", "late", 10, 0).await.expect_err("refused");
+        let err = open
+            .enroll("s", "late", 10, 0, 0.0)
+            .await
+            .expect_err("refused");
         assert!(
             matches!(&err, ServiceError::FailedPrecondition(m) if m.contains("uses fair yet asymptotically equal rewards") && m.contains("takes no new clients once round 1 has opened")),
             "{err}"

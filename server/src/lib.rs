@@ -32,10 +32,12 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bandit;
 pub mod config;
 pub mod convert;
 pub mod coordinator;
 pub mod error;
+pub mod fact;
 pub mod fair_reward;
 pub mod federation;
 pub mod registry;

@@ -621,7 +621,10 @@ mod tests {
         rounds: u64,
     ) -> (Arc<Federation>, String, watch::Sender<bool>, JoinHandle<()>) {
         let fed = Federation::create(config(rounds), store).expect("created");
-        let (client, _) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
+        let (client, _) = fed
+            .enroll("s", "alice", 10, 0, 0.0)
+            .await
+            .expect("enrolled");
         let (stop_tx, stop_rx) = watch::channel(false);
         let handle = tokio::spawn(run(fed.clone(), stop_rx));
         (fed, client, stop_tx, handle)
@@ -751,7 +754,7 @@ mod tests {
         let fed = Federation::create(cfg, store.clone()).expect("created");
         let mut ids = Vec::new();
         for name in ["h0", "h1", "h2", "h3", "noisy"] {
-            ids.push(fed.enroll("s", name, 10, 0).await.expect("enrolled").0);
+            ids.push(fed.enroll("s", name, 10, 0, 0.0).await.expect("enrolled").0);
         }
         let noisy = ids[4].clone();
         let mut events = fed.subscribe_events();
@@ -930,7 +933,7 @@ mod tests {
         let fed = Federation::create(cfg, store).expect("created");
         let mut ids = Vec::new();
         for name in ["a", "b", "c"] {
-            ids.push(fed.enroll("s", name, 10, 0).await.expect("enrolled").0);
+            ids.push(fed.enroll("s", name, 10, 0, 0.0).await.expect("enrolled").0);
         }
         (fed, ids)
     }

@@ -233,7 +233,10 @@ mod tests {
     async fn restored_with_a_lost_update() -> (Arc<Federation>, RoundRecord) {
         let store = Store::memory();
         let fed = Federation::create(config(1), store.clone()).expect("created");
-        let (client, _) = fed.enroll("s", "alice", 10, 0).await.expect("enrolled");
+        let (client, _) = fed
+            .enroll("s", "alice", 10, 0, 0.0)
+            .await
+            .expect("enrolled");
         let mut fed_rec = fed.snapshot().await.0;
         fed_rec.status = FederationStatus::Running;
         fed_rec.committed_rounds = 1;

@@ -134,6 +134,8 @@ pub fn federation_config(
         reputation: config.reputation.as_ref().map(Into::into),
         fair_reward: config.fair_reward.as_ref().map(Into::into),
         vertical: None,
+        fact: None,
+        bandit: None,
         aggregator: Some(fedval_server::convert::aggregator_to_proto(
             &config.aggregator,
         )),

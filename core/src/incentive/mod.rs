@@ -9,7 +9,9 @@
 //!   of three that rewards truthful cost reports.
 //! - [`truthfedban`]: Truth-FedBan (Wei et al., ICLR 2024): truthful participant selection and
 //!   critical-value payments for federated contextual bandits.
+//! - [`environment`]: the contexts and rewards a bandit client acts on.
 
+pub mod environment;
 pub mod fact;
 pub mod truthfedban;
 

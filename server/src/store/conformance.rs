@@ -59,6 +59,8 @@ fn fed(id: &str) -> FederationRecord {
             reputation: None,
             fair_reward: None,
             vertical: None,
+            fact: None,
+            bandit: None,
         },
         status: FederationStatus::Waiting,
         committed_rounds: 0,
@@ -76,6 +78,7 @@ fn client(name: &str, seq: u64) -> ClientRecord {
         num_samples: 10 * seq,
         enrolled_at_ms: 1000 + seq,
         seq,
+        cost_per_point: None,
     }
 }
 

@@ -60,7 +60,7 @@ impl FederationStatus {
 }
 
 /// An enrolled client.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClientRecord {
     /// Server-assigned id (also the prefix of its token).
     pub client_id: String,
@@ -74,6 +74,9 @@ pub struct ClientRecord {
     pub enrolled_at_ms: u64,
     /// Enrollment sequence number in the federation; clients are listed in this order.
     pub seq: u64,
+    /// FACT federations: the marginal cost per data point it reported at enrollment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_point: Option<f64>,
 }
 
 /// Metadata of one acknowledged client update (the tensor is stored beside it).

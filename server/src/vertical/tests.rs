@@ -201,6 +201,7 @@ async fn enroll(fed: &Federation, parties: &[Array2<f32>]) -> Vec<String> {
                 &format!("party-{m}"),
                 x.nrows() as u64,
                 x.ncols() as u32,
+                0.0,
             )
             .await
             .expect("enrolled");
@@ -341,7 +342,7 @@ async fn digits_parties_train_and_verfedsv_values_them() {
     let fed = registry.create(cfg).expect("created");
     let ids = enroll(&fed, &xs).await;
     let err = fed
-        .enroll("s", "late", 10, 4)
+        .enroll("s", "late", 10, 4, 0.0)
         .await
         .expect_err("all parties in");
     assert!(matches!(err, ServiceError::FailedPrecondition(_)), "{err}");

@@ -20,6 +20,7 @@ async fn enroll(
             client_name: name.into(),
             num_samples: 10,
             num_features: 0,
+            cost_per_point: 0.0,
         })
         .await
         .expect("enroll")
@@ -111,6 +112,7 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
             client_name: "mallory".into(),
             num_samples: 1,
             num_features: 0,
+            cost_per_point: 0.0,
         })
         .await;
     assert_status(bad_secret, Code::Unauthenticated, "enrollment secret");
@@ -312,6 +314,7 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
             client_name: "x".into(),
             num_samples: 1,
             num_features: 0,
+            cost_per_point: 0.0,
         })
         .await;
     assert_status(unknown, Code::NotFound, "nope");

@@ -39,6 +39,8 @@ async fn fifty_megabyte_update_uploads() {
         reputation: None,
         fair_reward: None,
         vertical: None,
+        fact: None,
+        bandit: None,
     };
     let mut admin = admin(&url).await;
     admin

@@ -68,6 +68,7 @@ async fn federations_are_independent_and_can_be_stopped() {
             client_name: "outsider".into(),
             num_samples: 1,
             num_features: 0,
+            cost_per_point: 0.0,
         })
         .await
         .expect("enroll")
@@ -150,6 +151,7 @@ async fn federations_are_independent_and_can_be_stopped() {
             client_name: "late".into(),
             num_samples: 1,
             num_features: 0,
+            cost_per_point: 0.0,
         })
         .await
         .expect_err("stopped federations refuse enrollment");

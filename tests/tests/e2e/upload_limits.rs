@@ -32,6 +32,7 @@ async fn unfinished_duplicate_and_oversized_uploads_are_refused() {
             client_name: "slow".into(),
             num_samples: 10,
             num_features: 0,
+            cost_per_point: 0.0,
         })
         .await
         .expect("enroll")

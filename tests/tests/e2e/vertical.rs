@@ -261,6 +261,7 @@ async fn vertical_parties_train_over_grpc_and_are_valued() {
         client_name: name.into(),
         num_samples: data.len() as u64,
         num_features,
+        cost_per_point: 0.0,
     };
     let err = client
         .enroll(enroll("no-columns", 0))
