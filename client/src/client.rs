@@ -77,18 +77,29 @@ impl Session {
         num_samples: u64,
         num_features: u32,
     ) -> Result<(Self, v1::EnrollResponse), ClientError> {
-        let mut inner = coordinator(channel);
-        let resp = inner
-            .enroll(v1::EnrollRequest {
+        Self::enroll_request(
+            channel,
+            v1::EnrollRequest {
                 federation_id: federation_id.to_owned(),
                 enrollment_secret: secret.to_owned(),
                 client_name: name.to_owned(),
                 num_samples,
                 num_features,
                 cost_per_point: 0.0,
-            })
-            .await?
-            .into_inner();
+            },
+        )
+        .await
+    }
+
+    /// Sends `request` as the enrollment (any field set, e.g. a FACT node's
+    /// `cost_per_point`) and returns the session with the server's full answer.
+    pub(crate) async fn enroll_request(
+        channel: Channel,
+        request: v1::EnrollRequest,
+    ) -> Result<(Self, v1::EnrollResponse), ClientError> {
+        let federation_id = request.federation_id.clone();
+        let mut inner = coordinator(channel);
+        let resp = inner.enroll(request).await?.into_inner();
         let auth = bearer(&resp.token).map_err(|e| {
             ClientError::Protocol(format!(
                 "server issued a token that is not a valid header: {e}"
@@ -96,7 +107,7 @@ impl Session {
         })?;
         let session = Self {
             inner,
-            federation_id: federation_id.to_owned(),
+            federation_id,
             client_id: resp.client_id.clone(),
             token: resp.token.clone(),
             auth,
@@ -232,6 +243,47 @@ impl FederationClient {
     ) -> Result<Self, ClientError> {
         let (session, resp) =
             Session::enroll(channel, federation_id, secret, name, num_samples, 0).await?;
+        Self::enrolled(federation_id, session, resp)
+    }
+
+    /// [`enroll`](Self::enroll) in a FACT federation (ALGORITHMS.md 6): also reports this
+    /// node's marginal cost per data point, `cost_per_point` (finite, > 0; the server
+    /// answers `INVALID_ARGUMENT` otherwise). The cost sets the points the node must train
+    /// on, `m* = sqrt(offset / (2 cost))`, which every train task carries
+    /// ([`TrainTask::required_points`](crate::TrainTask::required_points)); training on
+    /// fewer is penalised. Outside FACT federations the cost is ignored.
+    pub async fn enroll_with_cost(
+        channel: Channel,
+        federation_id: &str,
+        secret: &str,
+        name: &str,
+        num_samples: u64,
+        cost_per_point: f64,
+    ) -> Result<Self, ClientError> {
+        if !(cost_per_point.is_finite() && cost_per_point > 0.0) {
+            return Err(ClientError::InvalidInput(format!(
+                "cost_per_point must be a finite number > 0 (the marginal cost of one data \
+                 point), got {cost_per_point}"
+            )));
+        }
+        let request = v1::EnrollRequest {
+            federation_id: federation_id.to_owned(),
+            enrollment_secret: secret.to_owned(),
+            client_name: name.to_owned(),
+            num_samples,
+            num_features: 0,
+            cost_per_point,
+        };
+        let (session, resp) = Session::enroll_request(channel, request).await?;
+        Self::enrolled(federation_id, session, resp)
+    }
+
+    /// The node for an accepted enrollment: the answer must describe a model.
+    fn enrolled(
+        federation_id: &str,
+        session: Session,
+        resp: v1::EnrollResponse,
+    ) -> Result<Self, ClientError> {
         let model = match (&resp.model, &resp.vertical) {
             (Some(spec), _) => model_spec_from_proto(spec)?,
             (None, Some(_)) => {
@@ -523,6 +575,28 @@ mod tests {
         let expected = f.script().model.clone();
         assert_eq!(c.download_model(3).await.unwrap(), expected);
         assert_eq!(c.heartbeat().await.unwrap().current_round, 1);
+    }
+
+    #[tokio::test]
+    async fn enroll_with_cost_refuses_an_unusable_cost_before_sending() {
+        let f = fake().await;
+        let channel = crate::connect(&f.url).await.unwrap();
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err =
+                FederationClient::enroll_with_cost(channel.clone(), "demo", "secret", "a", 1, bad)
+                    .await
+                    .unwrap_err();
+            assert!(
+                matches!(&err, ClientError::InvalidInput(m) if m.contains(&format!("got {bad}"))),
+                "{err:?}"
+            );
+        }
+        assert!(f.script().enrollments.is_empty(), "nothing was sent");
+        let c = FederationClient::enroll_with_cost(channel, "demo", "secret", "a", 1, 0.25)
+            .await
+            .unwrap();
+        assert_eq!(c.model(), &spec());
+        assert_eq!(f.script().enrollments, vec![("a".to_string(), 0)]);
     }
 
     #[tokio::test]

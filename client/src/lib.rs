@@ -14,6 +14,9 @@
 //!   [`heartbeat`](FederationClient::heartbeat).
 //! - [`Trainer`] is the hook for local training (two methods, Flower-style);
 //!   [`ModelTrainer`] implements it with fedval-core's built-in models.
+//! - FACT federations: [`FederationClient::enroll_with_cost`] reports the node's cost per
+//!   data point; [`ModelTrainer`] trains on the required points of each task
+//!   ([`Contribution`] makes a simulated node train on less).
 //! - [`run_node`] is the task loop that ties them together, configured by [`RunOptions`]
 //!   and observed through [`NodeEvent`]s; it returns a [`RunSummary`].
 //! - [`ClientError`] turns every gRPC status back into a typed error;
@@ -46,6 +49,9 @@
 //!   embedding/gradient exchange.
 //! - [`party`]: the [`VerticalTrainer`] hook, [`PartyTrainer`] and the party CSV reader.
 //! - [`vertical_run`]: the vertical task loop [`run_vertical_node`].
+//! - [`bandit`]: [`BanditClient`], a client of a bandit federation, and its answers.
+//! - [`bandit_run`]: the bandit task loop [`run_bandit_node`], the [`CostModel`] hook and
+//!   the [`BanditTrace`] it returns.
 //!
 //! # Vertical federations
 //! A vertical party holds some feature columns of samples whose labels only the server
@@ -68,7 +74,30 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Bandit federations
+//! A bandit client runs LinUCB on its own contexts (ALGORITHMS.md section 7). It enrolls
+//! with [`BanditClient::enroll`], then [`run_bandit_node`] plays the steps the server
+//! schedules on the client's [`Environment`](fedval_core::incentive::environment::Environment),
+//! reports the cost its [`CostModel`] gives when a communication round opens, uploads its
+//! statistics when selected and downloads every aggregate; payments come back with them.
+//! ```no_run
+//! use fedval_client::{BanditClient, FixedCost, RunOptions, connect, run_bandit_node};
+//! use fedval_core::incentive::environment::LinearEnvironment;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = connect("http://127.0.0.1:50051").await?;
+//! let mut client = BanditClient::enroll(channel, "ads", "secret", "shop-a").await?;
+//! let mut env = LinearEnvironment::new(client.agent().dim, 10, 0.1, 7, 0)?;
+//! let mut costs = FixedCost { true_cost: 1.0, report_factor: 1.0 };
+//! let trace = run_bandit_node(&mut client, &mut env, &mut costs, &RunOptions::default()).await?;
+//! println!("{} steps, paid {:?}", trace.steps.len(), trace.rounds.iter().map(|r| r.payment).sum::<f64>());
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod bandit;
+pub mod bandit_run;
 pub mod client;
 pub mod connection;
 pub mod error;
@@ -81,12 +110,16 @@ pub mod trainer;
 pub mod vertical;
 pub mod vertical_run;
 
+pub use bandit::{BanditAgentSettings, BanditAnswer, BanditClient};
+pub use bandit_run::{
+    BanditTrace, CostModel, FixedCost, RoundCost, RoundLog, StepLog, run_bandit_node,
+};
 pub use client::{FederationClient, Heartbeat, UploadAck};
 pub use connection::connect;
 pub use error::ClientError;
 pub use party::{PartyTrainer, VerticalTrainer};
 pub use run::{EventHook, NodeEvent, RunOptions, RunSummary, run_node};
-pub use task::{EmbedTask, Task, TrainParams, TrainTask, VerticalTask};
-pub use trainer::{ModelTrainer, TrainOutput, Trainer, TrainerError};
+pub use task::{BanditSync, BanditTask, EmbedTask, Task, TrainParams, TrainTask, VerticalTask};
+pub use trainer::{Claim, Contribution, ModelTrainer, Points, TrainOutput, Trainer, TrainerError};
 pub use vertical::{Gradients, VerticalClient, VerticalParty, VerticalTraining};
 pub use vertical_run::{VerticalSummary, run_vertical_node};

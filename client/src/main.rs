@@ -2,14 +2,22 @@
 //!
 //! Loads a local numeric CSV (label in the last column), enrolls in a federation (or resumes
 //! an identity), trains the federation's model on the local data every round it is asked
-//! to, and prints the final global model's metrics on the local data.
+//! to, and prints the final global model's metrics on the local data. In a FACT federation
+//! `--cost-per-point C` reports the node's marginal cost per data point at enrollment; the
+//! node then trains on (and reports) the first `ceil(m*)` of its samples each round.
 //!
 //! With `--vertical` it runs a party of a vertical federation instead: the CSV holds
 //! `id,features...` (ids `0..N-1` in any order, each once; no label, the server holds the
 //! labels), the node enrolls announcing its column count and embeds, exchanges and applies
 //! gradients until the federation is done.
+//!
+//! With `--bandit` it runs a client of a bandit federation on fedval-core's synthetic
+//! linear environment (`--arms` fresh unit arms per step, reward noise `--noise-sd`, the
+//! shared `theta*` drawn from `--seed`, this client's own stream `--env-client`) and prices
+//! every communication round at `--round-cost`, reported times `--report-factor`; no data
+//! file is read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -17,10 +25,11 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use fedval_client::party::load_party_csv;
 use fedval_client::{
-    FederationClient, ModelTrainer, NodeEvent, PartyTrainer, RunOptions, VerticalClient,
-    VerticalTraining, connect, run_node, run_vertical_node,
+    BanditClient, FederationClient, FixedCost, ModelTrainer, NodeEvent, PartyTrainer, RunOptions,
+    VerticalClient, VerticalTraining, connect, run_bandit_node, run_node, run_vertical_node,
 };
 use fedval_core::data::{Dataset, Standardizer, load_csv};
+use fedval_core::incentive::environment::LinearEnvironment;
 use fedval_core::model::ModelSpec;
 
 /// Run a fedval federated node on local data.
@@ -40,18 +49,44 @@ struct Args {
     #[arg(long, required_unless_present = "token")]
     name: Option<String>,
     /// Local data: numeric CSV (optionally .gz), label in the last column; with
-    /// --vertical, `id,features...` (ids 0..N-1, each once).
-    #[arg(long)]
-    data: PathBuf,
+    /// --vertical, `id,features...` (ids 0..N-1, each once). Not used with --bandit.
+    #[arg(long, required_unless_present = "bandit")]
+    data: Option<PathBuf>,
     /// Run a party of a vertical federation on a CSV of `id,features...`.
     #[arg(long, conflicts_with_all = ["client_id", "standardize"])]
     vertical: bool,
+    /// Run a client of a bandit federation on a synthetic linear environment.
+    #[arg(
+        long,
+        conflicts_with_all = ["vertical", "client_id", "standardize", "cost_per_point"]
+    )]
+    bandit: bool,
+    /// --bandit: arms per step.
+    #[arg(long, default_value_t = 10, requires = "bandit")]
+    arms: usize,
+    /// --bandit: standard deviation of the reward noise.
+    #[arg(long, default_value_t = 0.1, requires = "bandit")]
+    noise_sd: f64,
+    /// --bandit: this client's stream of the environment (clients of one seed share
+    /// theta* and differ in their contexts).
+    #[arg(long, default_value_t = 0, requires = "bandit")]
+    env_client: u64,
+    /// --bandit: the true cost of taking part in a communication round.
+    #[arg(long, default_value_t = 1.0, requires = "bandit")]
+    round_cost: f64,
+    /// --bandit: reported cost over true cost (1 = truthful).
+    #[arg(long, default_value_t = 1.0, requires = "bandit")]
+    report_factor: f64,
     /// Z-score the features of the local data before training.
     #[arg(long)]
     standardize: bool,
     /// This node's seed, mixed with the round and the server's seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// FACT federations: this node's marginal cost per data point (finite, > 0), reported
+    /// at enrollment; it sets the points the node must train on, m* = sqrt(offset / (2 C)).
+    #[arg(long, value_name = "C", conflicts_with_all = ["vertical", "client_id"])]
+    cost_per_point: Option<f64>,
     /// Resume an identity from an earlier enrollment: its client id.
     #[arg(long, requires_all = ["token", "model"])]
     client_id: Option<String>,
@@ -62,6 +97,13 @@ struct Args {
     /// `logreg:FEATURES:CLASSES` or `mlp:FEATURES:HIDDEN:CLASSES`.
     #[arg(long, value_parser = parse_model, requires = "client_id")]
     model: Option<ModelSpec>,
+}
+
+impl Args {
+    /// The local data file (clap requires `--data` unless `--bandit`, which reads none).
+    fn data_path(&self) -> &Path {
+        self.data.as_deref().unwrap_or(Path::new(""))
+    }
 }
 
 fn main() -> ExitCode {
@@ -90,6 +132,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.vertical {
         return run_vertical(&args).await;
     }
+    if args.bandit {
+        return run_bandit(&args).await;
+    }
     let data = load_data(&args)?;
     let channel = connect(&args.server).await?;
     let mut client = match (&args.client_id, &args.token, &args.model) {
@@ -102,15 +147,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     "--secret and --name are needed to enroll (or resume with --client-id, --token and --model)"
                 );
             };
-            let client = FederationClient::enroll(
-                channel,
-                &args.federation,
-                secret,
-                name,
-                data.len() as u64,
-            )
-            .await
-            .with_context(|| format!("cannot enroll in federation {:?}", args.federation))?;
+            let samples = data.len() as u64;
+            let enrolled = match args.cost_per_point {
+                Some(cost) => {
+                    FederationClient::enroll_with_cost(
+                        channel,
+                        &args.federation,
+                        secret,
+                        name,
+                        samples,
+                        cost,
+                    )
+                    .await
+                }
+                None => {
+                    FederationClient::enroll(channel, &args.federation, secret, name, samples).await
+                }
+            };
+            let client = enrolled
+                .with_context(|| format!("cannot enroll in federation {:?}", args.federation))?;
             println!(
                 "enrolled in {} as client {}",
                 args.federation,
@@ -130,7 +185,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let trainer = ModelTrainer::new(model, data, args.seed).with_context(|| {
         format!(
             "local data {} does not fit the federation's model",
-            args.data.display()
+            args.data_path().display()
         )
     })?;
 
@@ -151,11 +206,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// `--vertical`: loads the party's block, enrolls with its column count and runs the
 /// vertical task loop.
 async fn run_vertical(args: &Args) -> anyhow::Result<()> {
-    let block = load_party_csv(&args.data)
-        .with_context(|| format!("party data {}", args.data.display()))?;
+    let path = args.data_path();
+    let block = load_party_csv(path).with_context(|| format!("party data {}", path.display()))?;
     println!(
         "loaded {}: {} samples, {} features",
-        args.data.display(),
+        path.display(),
         block.nrows(),
         block.ncols()
     );
@@ -183,7 +238,7 @@ async fn run_vertical(args: &Args) -> anyhow::Result<()> {
         }
     );
     let trainer = PartyTrainer::new(&party, block)
-        .with_context(|| format!("party data {} is unusable", args.data.display()))?;
+        .with_context(|| format!("party data {} is unusable", path.display()))?;
     let opts = RunOptions {
         on_event: Some(Arc::new(print_event)),
         ..RunOptions::default()
@@ -200,15 +255,66 @@ async fn run_vertical(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--bandit`: enrolls in a bandit federation and plays on a synthetic linear environment.
+async fn run_bandit(args: &Args) -> anyhow::Result<()> {
+    let (Some(secret), Some(name)) = (&args.secret, &args.name) else {
+        bail!("--secret and --name are needed to enroll a bandit client");
+    };
+    let channel = connect(&args.server).await?;
+    let mut client = BanditClient::enroll(channel, &args.federation, secret, name)
+        .await
+        .with_context(|| format!("cannot enroll in federation {:?}", args.federation))?;
+    let agent = client.agent().clone();
+    println!(
+        "enrolled in {} as bandit client {}: d = {}, lambda = {}, alpha = {}, threshold = {}, horizon {} steps",
+        args.federation,
+        client.client_id(),
+        agent.dim,
+        agent.lambda,
+        agent.alpha,
+        agent.threshold,
+        agent.horizon
+    );
+    let mut env = LinearEnvironment::new(
+        agent.dim,
+        args.arms,
+        args.noise_sd,
+        args.seed,
+        args.env_client,
+    )
+    .context("the synthetic environment")?;
+    let mut costs = FixedCost {
+        true_cost: args.round_cost,
+        report_factor: args.report_factor,
+    };
+    let trace = run_bandit_node(&mut client, &mut env, &mut costs, &RunOptions::default()).await?;
+    let regret: f64 = trace.steps.iter().filter_map(|s| s.regret).sum();
+    let paid: f64 = trace.rounds.iter().map(|r| r.payment).sum();
+    let incurred: f64 = trace
+        .rounds
+        .iter()
+        .filter(|r| r.selected)
+        .map(|r| r.true_cost)
+        .sum();
+    println!(
+        "bandit federation done: {} steps played (regret {regret:.3}), {} rounds, selected in {}, paid {paid:.4}, utility {:.4}",
+        trace.steps.len(),
+        trace.rounds.len(),
+        trace.rounds.iter().filter(|r| r.selected).count(),
+        paid - incurred
+    );
+    Ok(())
+}
+
 /// Loads the CSV and standardises it when asked.
 fn load_data(args: &Args) -> anyhow::Result<Dataset> {
-    let mut data = load_csv(&args.data)?;
+    let mut data = load_csv(args.data_path())?;
     if args.standardize {
         Standardizer::fit(&data).apply(&mut data)?;
     }
     println!(
         "loaded {}: {} rows, {} features",
-        args.data.display(),
+        args.data_path().display(),
         data.len(),
         data.num_features()
     );
@@ -335,6 +441,55 @@ mod tests {
                 .unwrap_err()
                 .contains("num_classes")
         );
+    }
+
+    #[test]
+    fn cost_per_point_is_parsed_for_horizontal_enrollments_only() {
+        let base = [
+            "fedval-client",
+            "--federation",
+            "f",
+            "--secret",
+            "s",
+            "--name",
+            "n",
+            "--data",
+            "x.csv",
+        ];
+        let args = Args::try_parse_from(base.iter().chain(&["--cost-per-point", "2.5e-5"]))
+            .expect("parses");
+        assert_eq!(args.cost_per_point, Some(2.5e-5));
+        assert_eq!(
+            Args::try_parse_from(base).expect("parses").cost_per_point,
+            None
+        );
+        assert!(
+            Args::try_parse_from(base.iter().chain(&["--cost-per-point", "1", "--vertical"]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bandit_clients_need_no_data_file() {
+        let base = [
+            "fedval-client",
+            "--federation",
+            "f",
+            "--secret",
+            "s",
+            "--name",
+            "n",
+        ];
+        let args = Args::try_parse_from(base.iter().chain(&["--bandit", "--report-factor", "1.5"]))
+            .expect("parses");
+        assert!(args.bandit && args.data.is_none());
+        assert_eq!((args.arms, args.report_factor), (10, 1.5));
+        assert!(
+            Args::try_parse_from(base).is_err(),
+            "--data is required otherwise"
+        );
+        assert!(Args::try_parse_from(base.iter().chain(&["--data", "x", "--arms", "3"])).is_err());
+        assert!(Args::try_parse_from(base.iter().chain(&["--bandit", "--vertical"])).is_err());
     }
 
     #[test]

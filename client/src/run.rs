@@ -445,6 +445,7 @@ mod tests {
             },
             deadline: Duration::from_secs(30),
             model: spec(),
+            required_points: None,
         }
     }
 

@@ -4,9 +4,11 @@
 //! The conversion also checks what the proto cannot: a task names exactly one kind, and a
 //! model spec names a known architecture with non-zero sizes.
 //!
-//! Horizontal nodes convert with [`Task::from_proto`], which refuses embed tasks; vertical
-//! nodes with [`VerticalTask::from_proto`], which refuses train tasks. Either way a node
-//! enrolled in the wrong kind of federation stops with a message saying so.
+//! Horizontal nodes convert with [`Task::from_proto`], which refuses embed and bandit tasks;
+//! vertical nodes with [`VerticalTask::from_proto`], which refuses train and bandit tasks;
+//! bandit nodes with [`BanditTask::from_proto`], which refuses train and embed tasks and
+//! checks every aggregate against the federation's dimension. Either way a node enrolled
+//! in the wrong kind of federation stops with a message saying so.
 
 use std::time::Duration;
 
@@ -57,6 +59,9 @@ pub struct TrainTask {
     pub deadline: Duration,
     /// The model architecture.
     pub model: ModelSpec,
+    /// FACT federations: the points `m*` this node must train on (from the cost it
+    /// reported at enrollment); `None` when the federation sets no requirement.
+    pub required_points: Option<f64>,
 }
 
 /// Local training hyper-parameters, mirrored from `fedval.v1.TrainingParams`.
@@ -88,6 +93,14 @@ impl Task {
                         t.round
                     ))
                 })?;
+                let required = t.required_points;
+                if !(required.is_finite() && required >= 0.0) {
+                    return Err(ClientError::Protocol(format!(
+                        "train task for round {} requires {required} points (must be a \
+                         finite number >= 0)",
+                        t.round
+                    )));
+                }
                 Ok(Task::Train(TrainTask {
                     round: t.round,
                     model_version: t.model_version,
@@ -99,6 +112,7 @@ impl Task {
                     },
                     deadline: Duration::from_millis(t.deadline_ms),
                     model,
+                    required_points: (required > 0.0).then_some(required),
                 }))
             }
             Wire::Embed(e) => Err(ClientError::Protocol(format!(
@@ -106,6 +120,7 @@ impl Task {
                  need a vertical node",
                 e.round
             ))),
+            Wire::Bandit(_) => Err(wrong_node("bandit", "horizontal")),
             Wire::Shared(Shared::Wait {
                 retry_after,
                 reason,
@@ -141,7 +156,7 @@ impl From<Task> for v1::Task {
                 }),
                 deadline_ms: u64::try_from(t.deadline.as_millis()).unwrap_or(u64::MAX),
                 model: Some(v1::ModelSpec::from(&t.model)),
-                required_points: 0.0,
+                required_points: t.required_points.unwrap_or(0.0),
             }),
             Task::Wait {
                 retry_after,
@@ -243,6 +258,7 @@ impl VerticalTask {
                  need a horizontal node",
                 t.round
             ))),
+            Wire::Bandit(_) => Err(wrong_node("bandit", "vertical")),
             Wire::Shared(Shared::Wait {
                 retry_after,
                 reason,
@@ -291,7 +307,192 @@ impl From<VerticalTask> for v1::Task {
     }
 }
 
-/// The task kinds horizontal and vertical nodes share (wait, done, removed), converted to
+/// The error of a task meant for another kind of node: a `kind` task reached a `node` node.
+fn wrong_node(kind: &str, node: &str) -> ClientError {
+    let (federation, client) = match kind {
+        "train" => ("horizontal", "a horizontal node (FederationClient)"),
+        "embed" => ("vertical", "a vertical node (VerticalClient)"),
+        _ => ("bandit", "a bandit node (BanditClient)"),
+    };
+    ClientError::Protocol(format!(
+        "{kind} task: this is a {node} node; {federation} federations need {client}"
+    ))
+}
+
+/// The next thing a bandit client should do, mirrored from `fedval.v1.Task`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BanditTask {
+    /// Play global step `step` with LinUCB; `t_last` is the step of the last communication
+    /// round (0 before the first), for the trigger statistic.
+    Play {
+        /// The step (1-based).
+        step: u64,
+        /// Step of the previous communication round.
+        t_last: u64,
+    },
+    /// Report a cost and the pending Gram update for communication round `round`.
+    Report {
+        /// The round.
+        round: u64,
+    },
+    /// Upload the pending reward vector: this client was selected in `round`.
+    Upload {
+        /// The round.
+        round: u64,
+    },
+    /// Download the aggregate after a round and acknowledge it.
+    Sync(BanditSync),
+    /// Nothing to do yet; ask again after `retry_after`.
+    Wait {
+        /// Suggested delay before the next pull.
+        retry_after: Duration,
+        /// Why, for logs.
+        reason: String,
+    },
+    /// The federation has finished (or was stopped).
+    Done {
+        /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// The aggregate after communication round `round`, checked: `v_g` is `d x d` and `b_g`
+/// has `d` values, all finite; the payment is finite and `>= 0`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BanditSync {
+    /// The round.
+    pub round: u64,
+    /// `V_g`, row-major `d x d`.
+    pub v_g: Vec<f64>,
+    /// `b_g`.
+    pub b_g: Vec<f64>,
+    /// The aggregate holds this client's pending statistics: clear them.
+    pub selected: bool,
+    /// What this client was paid in `round`.
+    pub payment: f64,
+}
+
+impl BanditTask {
+    /// Converts a task from the wire for a client of dimension `dim` (from enrollment).
+    /// Refuses train and embed tasks (this is a bandit node), a bandit task that names no
+    /// phase, a play of step 0 or with `t_last` after the step, a round 0, and a sync whose
+    /// aggregate has the wrong size or non-finite values or whose payment is negative or
+    /// not finite.
+    pub fn from_proto(task: v1::Task, dim: usize) -> Result<Self, ClientError> {
+        use v1::bandit_task::Phase;
+        let bad = |what: String| ClientError::Protocol(format!("bandit task: {what}"));
+        let b = match Wire::split(task)? {
+            Wire::Bandit(b) => b,
+            Wire::Train(_) => return Err(wrong_node("train", "bandit")),
+            Wire::Embed(_) => return Err(wrong_node("embed", "bandit")),
+            Wire::Shared(Shared::Wait {
+                retry_after,
+                reason,
+            }) => {
+                return Ok(BanditTask::Wait {
+                    retry_after,
+                    reason,
+                });
+            }
+            Wire::Shared(Shared::Done { reason, .. } | Shared::Removed { reason, .. }) => {
+                return Ok(BanditTask::Done { reason });
+            }
+        };
+        let round_of = |round: u64| {
+            if round == 0 {
+                Err(bad("round 0 does not exist (rounds count from 1)".into()))
+            } else {
+                Ok(round)
+            }
+        };
+        match b.phase {
+            None => Err(bad(
+                "names no phase (is the server newer than this client?)".into(),
+            )),
+            Some(Phase::Play(p)) if p.step == 0 || p.t_last >= p.step => Err(bad(format!(
+                "play of step {} with t_last {}: steps count from 1 and t_last precedes the step",
+                p.step, p.t_last
+            ))),
+            Some(Phase::Play(p)) => Ok(BanditTask::Play {
+                step: p.step,
+                t_last: p.t_last,
+            }),
+            Some(Phase::Report(r)) => Ok(BanditTask::Report {
+                round: round_of(r.round)?,
+            }),
+            Some(Phase::Upload(u)) => Ok(BanditTask::Upload {
+                round: round_of(u.round)?,
+            }),
+            Some(Phase::Sync(s)) => {
+                let round = round_of(s.round)?;
+                for (what, values, expected) in [("v_g", &s.v_g, dim * dim), ("b_g", &s.b_g, dim)] {
+                    if values.len() != expected {
+                        return Err(bad(format!(
+                            "sync of round {round}: {what} has {} values, expected {expected} \
+                             (dimension {dim})",
+                            values.len()
+                        )));
+                    }
+                    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                        return Err(bad(format!("sync of round {round}: {what}[{i}] is {v}")));
+                    }
+                }
+                if !(s.payment.is_finite() && s.payment >= 0.0) {
+                    return Err(bad(format!(
+                        "sync of round {round}: payment {} is not a finite amount >= 0",
+                        s.payment
+                    )));
+                }
+                Ok(BanditTask::Sync(BanditSync {
+                    round,
+                    v_g: s.v_g,
+                    b_g: s.b_g,
+                    selected: s.selected,
+                    payment: s.payment,
+                }))
+            }
+        }
+    }
+}
+
+impl From<BanditTask> for v1::Task {
+    /// The wire form of a bandit task (used by tests and by anyone faking a coordinator).
+    fn from(task: BanditTask) -> Self {
+        use v1::bandit_task::Phase;
+        use v1::task::Kind;
+        let phase = |phase| Kind::Bandit(v1::BanditTask { phase: Some(phase) });
+        let kind = match task {
+            BanditTask::Play { step, t_last } => {
+                phase(Phase::Play(v1::BanditPlay { step, t_last }))
+            }
+            BanditTask::Report { round } => phase(Phase::Report(v1::BanditReportRequest { round })),
+            BanditTask::Upload { round } => phase(Phase::Upload(v1::BanditUploadRequest { round })),
+            BanditTask::Sync(s) => phase(Phase::Sync(v1::BanditSync {
+                round: s.round,
+                v_g: s.v_g,
+                b_g: s.b_g,
+                selected: s.selected,
+                payment: s.payment,
+            })),
+            BanditTask::Wait {
+                retry_after,
+                reason,
+            } => Shared::Wait {
+                retry_after,
+                reason,
+            }
+            .into_kind(),
+            BanditTask::Done { reason } => Shared::Done {
+                final_model_version: 0,
+                reason,
+            }
+            .into_kind(),
+        };
+        v1::Task { kind: Some(kind) }
+    }
+}
+
+/// The task kinds every node shares (wait, done, removed), converted to
 /// and from the wire in this one place.
 enum Shared {
     Wait {
@@ -336,6 +537,7 @@ impl Shared {
 enum Wire {
     Train(v1::TrainTask),
     Embed(v1::EmbedTask),
+    Bandit(v1::BanditTask),
     Shared(Shared),
 }
 
@@ -358,11 +560,7 @@ impl Wire {
                 round: r.round,
                 reason: r.reason,
             }),
-            Some(Kind::Bandit(_)) => {
-                return Err(ClientError::Protocol(
-                    "bandit tasks are not supported by this client yet".into(),
-                ));
-            }
+            Some(Kind::Bandit(b)) => Wire::Bandit(b),
             None => {
                 return Err(ClientError::Protocol(
                     "task names no kind (is the server newer than this client?)".into(),
@@ -412,6 +610,20 @@ mod tests {
                 },
                 deadline: Duration::from_millis(30_000),
                 model: mlp(),
+                required_points: None,
+            }),
+            Task::Train(TrainTask {
+                round: 2,
+                model_version: 1,
+                params: TrainParams {
+                    local_epochs: 1,
+                    batch_size: 8,
+                    learning_rate: 0.1,
+                    seed: 3,
+                },
+                deadline: Duration::from_millis(1_000),
+                model: logreg(),
+                required_points: Some(143.5),
             }),
             Task::Wait {
                 retry_after: Duration::from_millis(250),
@@ -463,6 +675,42 @@ mod tests {
         assert_eq!(t.deadline, Duration::from_millis(1500));
         assert_eq!(t.model, logreg());
         assert_eq!(t.params.seed, 5);
+        assert_eq!(t.required_points, None, "0 means no requirement");
+    }
+
+    /// A FACT requirement travels as `Some(m*)`; a negative or non-finite one is refused.
+    #[test]
+    fn required_points_are_checked() {
+        let with = |required: f64| {
+            let mut wire = v1::Task::from(Task::Train(TrainTask {
+                round: 8,
+                model_version: 7,
+                params: TrainParams {
+                    local_epochs: 1,
+                    batch_size: 8,
+                    learning_rate: 0.1,
+                    seed: 0,
+                },
+                deadline: Duration::ZERO,
+                model: logreg(),
+                required_points: None,
+            }));
+            if let Some(v1::task::Kind::Train(t)) = &mut wire.kind {
+                t.required_points = required;
+            }
+            Task::from_proto(wire, &logreg())
+        };
+        let Ok(Task::Train(t)) = with(57.25) else {
+            panic!("expected a train task");
+        };
+        assert_eq!(t.required_points, Some(57.25));
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let err = with(bad).unwrap_err();
+            assert!(
+                matches!(&err, ClientError::Protocol(m) if m.contains(&format!("requires {bad} points"))),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]
@@ -478,6 +726,7 @@ mod tests {
             },
             deadline: Duration::ZERO,
             model: logreg(),
+            required_points: None,
         }));
         if let Some(v1::task::Kind::Train(t)) = &mut wire.kind {
             t.model = None;
@@ -559,6 +808,7 @@ mod tests {
             },
             deadline: Duration::ZERO,
             model: logreg(),
+            required_points: None,
         }));
         let err = VerticalTask::from_proto(train, 3).unwrap_err();
         assert_eq!(
@@ -606,5 +856,91 @@ mod tests {
         );
         let err = model_spec_from_proto(&v1::ModelSpec { kind: None }).unwrap_err();
         assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+    }
+
+    fn sync(round: u64, v_g: Vec<f64>, payment: f64) -> BanditTask {
+        BanditTask::Sync(BanditSync {
+            round,
+            v_g,
+            b_g: vec![0.5, -0.5],
+            selected: true,
+            payment,
+        })
+    }
+
+    #[test]
+    fn bandit_tasks_round_trip_and_other_nodes_refuse_them() {
+        let tasks = [
+            BanditTask::Play { step: 7, t_last: 3 },
+            BanditTask::Report { round: 2 },
+            BanditTask::Upload { round: 2 },
+            sync(2, vec![1.0, 0.25, 0.25, 2.0], 0.75),
+            BanditTask::Wait {
+                retry_after: Duration::from_millis(50),
+                reason: "step 8 is client-0001's turn".into(),
+            },
+            BanditTask::Done {
+                reason: "federation is finished".into(),
+            },
+        ];
+        for task in tasks {
+            let wire = v1::Task::from(task.clone());
+            assert_eq!(BanditTask::from_proto(wire, 2).unwrap(), task);
+        }
+        let play = || v1::Task::from(BanditTask::Play { step: 1, t_last: 0 });
+        assert_eq!(
+            Task::from_proto(play(), &mlp()).unwrap_err().to_string(),
+            "protocol error: bandit task: this is a horizontal node; bandit federations need \
+             a bandit node (BanditClient)"
+        );
+        assert!(
+            VerticalTask::from_proto(play(), 3)
+                .unwrap_err()
+                .to_string()
+                .contains("this is a vertical node; bandit federations")
+        );
+        let embed = v1::Task::from(VerticalTask::Embed(embed(1, vec![0], false)));
+        assert_eq!(
+            BanditTask::from_proto(embed, 2).unwrap_err().to_string(),
+            "protocol error: embed task: this is a bandit node; vertical federations need a \
+             vertical node (VerticalClient)"
+        );
+    }
+
+    #[test]
+    fn malformed_bandit_tasks_are_protocol_errors() {
+        let err = |task: BanditTask| BanditTask::from_proto(v1::Task::from(task), 2).unwrap_err();
+        assert!(
+            err(sync(1, vec![1.0; 3], 0.0))
+                .to_string()
+                .contains("v_g has 3 values, expected 4 (dimension 2)")
+        );
+        assert!(
+            err(sync(1, vec![1.0, f64::NAN, 0.0, 1.0], 0.0))
+                .to_string()
+                .contains("v_g[1] is NaN")
+        );
+        assert!(
+            err(sync(1, vec![1.0; 4], -1.0))
+                .to_string()
+                .contains("payment -1 is not a finite amount >= 0")
+        );
+        assert!(
+            err(sync(0, vec![1.0; 4], 0.0))
+                .to_string()
+                .contains("round 0")
+        );
+        assert!(
+            err(BanditTask::Play { step: 3, t_last: 3 })
+                .to_string()
+                .contains("t_last precedes the step")
+        );
+        let no_phase = v1::Task {
+            kind: Some(v1::task::Kind::Bandit(v1::BanditTask { phase: None })),
+        };
+        assert!(matches!(
+            BanditTask::from_proto(no_phase, 2),
+            Err(ClientError::Protocol(_))
+        ));
     }
 }

@@ -4,6 +4,13 @@
 //! parameters and returns data, so any model (the built-in ones, or a caller's own) plugs in
 //! by implementing two methods. [`ModelTrainer`] is the implementation over fedval-core's
 //! models, seeded so that a node, a round and the server's seed always give the same update.
+//!
+//! In a FACT federation a train task carries the points `m*` the node must train on
+//! ([`TrainTask::required_points`]). [`ModelTrainer`] then trains on its first
+//! `min(ceil(m*), n)` local samples and reports that count as the update's sample count
+//! (its claim). A [`Contribution`] other than [`Contribution::Honest`] makes it
+//! misbehave on purpose (simulations): train on a fraction of `m*` and claim either `m*`
+//! (a free rider FACT cannot catch) or what it trained (penalised); see [`points`].
 
 use fedval_core::data::Dataset;
 use fedval_core::model::{ModelSpec, TrainConfig};
@@ -40,12 +47,93 @@ pub struct TrainOutput {
     pub metrics: Vec<(String, f64)>,
 }
 
+/// What a node claims it trained on when it trains on less than required.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Claims the required `ceil(m*)` points (or all its samples when nothing is
+    /// required) whatever it trained on.
+    Required,
+    /// Claims exactly the points it trained on.
+    Trained,
+}
+
+/// How a node answers a FACT requirement (see [`points`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Contribution {
+    /// Trains on `min(ceil(m*), n)` samples (all `n` when nothing is required) and claims
+    /// that count.
+    Honest,
+    /// Trains on `ceil(fraction x ceil(m*))` samples (of `n` when nothing is required),
+    /// at least 1 and at most `n`, and claims per `claim`.
+    Partial {
+        /// Fraction of the requirement trained on, in `(0, 1]`.
+        fraction: f64,
+        /// What it claims.
+        claim: Claim,
+    },
+}
+
+impl Contribution {
+    /// Checks a partial contribution's fraction (finite, in `(0, 1]`).
+    pub fn validate(&self) -> Result<(), ClientError> {
+        match *self {
+            Contribution::Honest => Ok(()),
+            Contribution::Partial { fraction, .. } => {
+                if fraction.is_finite() && fraction > 0.0 && fraction <= 1.0 {
+                    Ok(())
+                } else {
+                    Err(ClientError::InvalidInput(format!(
+                        "a partial contribution trains on a fraction in (0, 1] of the \
+                         required points, got {fraction}"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The samples a node trains on and the count it claims for one round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Points {
+    /// How many of the local samples (the first ones) it trains on; at least 1.
+    pub trained: usize,
+    /// The sample count it reports (`UpdateHeader.num_samples`); at least 1.
+    pub claimed: u64,
+}
+
+/// The points of one round: `required` is the task's `m*` (`None`: no requirement),
+/// `available` the local sample count (at least 1), `contribution` the node's behaviour.
+/// The requirement is rounded up to whole points, `ceil(m*)`.
+pub fn points(required: Option<f64>, available: usize, contribution: &Contribution) -> Points {
+    let available = available.max(1);
+    // `as` saturates: a huge requirement is simply more than the node has.
+    let target = required.map_or(available, |m| m.ceil().max(1.0) as usize);
+    match *contribution {
+        Contribution::Honest => {
+            let trained = target.min(available);
+            Points {
+                trained,
+                claimed: trained as u64,
+            }
+        }
+        Contribution::Partial { fraction, claim } => {
+            let trained = ((fraction * target as f64).ceil() as usize).clamp(1, available);
+            let claimed = match claim {
+                Claim::Required => target as u64,
+                Claim::Trained => trained as u64,
+            };
+            Points { trained, claimed }
+        }
+    }
+}
+
 /// A [`Trainer`] over fedval-core's built-in models and a local [`Dataset`].
 #[derive(Clone, Debug)]
 pub struct ModelTrainer {
     spec: ModelSpec,
     data: Dataset,
     seed: u64,
+    contribution: Contribution,
 }
 
 impl ModelTrainer {
@@ -80,7 +168,25 @@ impl ModelTrainer {
                 spec.num_classes() - 1
             ));
         }
-        Ok(Self { spec, data, seed })
+        Ok(Self {
+            spec,
+            data,
+            seed,
+            contribution: Contribution::Honest,
+        })
+    }
+
+    /// The same trainer answering FACT requirements with `contribution` (honest by
+    /// default); [`ClientError::InvalidInput`] for a fraction outside `(0, 1]`.
+    pub fn with_contribution(mut self, contribution: Contribution) -> Result<Self, ClientError> {
+        contribution.validate()?;
+        self.contribution = contribution;
+        Ok(self)
+    }
+
+    /// How this trainer answers FACT requirements.
+    pub fn contribution(&self) -> &Contribution {
+        &self.contribution
     }
 
     /// The model architecture.
@@ -95,8 +201,10 @@ impl ModelTrainer {
 }
 
 impl Trainer for ModelTrainer {
-    /// Trains a copy of `global` with mini-batch SGD and returns `local - global`, the local
-    /// sample count and the training loss and accuracy.
+    /// Trains a copy of `global` with mini-batch SGD and returns `local - global`, the
+    /// claimed sample count and the training loss and accuracy. Without a FACT requirement
+    /// (and honest) it trains on, and claims, every local sample; with one, on the first
+    /// samples [`points`] picks.
     ///
     /// The RNG is `ChaCha8Rng` seeded from (node seed, round, server seed), so the same
     /// inputs always give the same update.
@@ -116,11 +224,18 @@ impl Trainer for ModelTrainer {
             l2: 0.0,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.seed, task.round, task.params.seed));
-        let m = self.spec.train(&mut params, &self.data, &cfg, &mut rng)?;
+        let points = points(task.required_points, self.data.len(), &self.contribution);
+        let m = if points.trained < self.data.len() {
+            let first: Vec<usize> = (0..points.trained).collect();
+            self.spec
+                .train(&mut params, &self.data.subset(&first), &cfg, &mut rng)?
+        } else {
+            self.spec.train(&mut params, &self.data, &cfg, &mut rng)?
+        };
         let update = params.iter().zip(global).map(|(l, g)| l - g).collect();
         Ok(TrainOutput {
             update,
-            num_samples: self.data.len() as u64,
+            num_samples: points.claimed,
             metrics: vec![
                 ("train_loss".to_owned(), m.loss),
                 ("train_accuracy".to_owned(), m.accuracy),
@@ -185,6 +300,7 @@ mod tests {
             },
             deadline: Duration::from_secs(60),
             model: spec(),
+            required_points: None,
         }
     }
 
@@ -239,6 +355,160 @@ mod tests {
         assert_ne!(run(8, &task(2, 5)), base, "node seed ignored");
         assert_ne!(run(7, &task(3, 5)), base, "round ignored");
         assert_ne!(run(7, &task(2, 6)), base, "server seed ignored");
+    }
+
+    #[test]
+    fn honest_nodes_train_on_the_required_points_capped_by_their_data() {
+        let honest = Contribution::Honest;
+        let p = |required, available| points(required, available, &honest);
+        assert_eq!(
+            p(None, 6),
+            Points {
+                trained: 6,
+                claimed: 6
+            }
+        );
+        // ceil(m*): 143.2 points need 144.
+        assert_eq!(
+            p(Some(143.2), 500),
+            Points {
+                trained: 144,
+                claimed: 144
+            }
+        );
+        assert_eq!(
+            p(Some(144.0), 500),
+            Points {
+                trained: 144,
+                claimed: 144
+            }
+        );
+        // More than the node holds: all of it, and it says so.
+        assert_eq!(
+            p(Some(143.2), 100),
+            Points {
+                trained: 100,
+                claimed: 100
+            }
+        );
+        assert_eq!(
+            p(Some(1e300), 7),
+            Points {
+                trained: 7,
+                claimed: 7
+            }
+        );
+        // Never fewer than one point.
+        assert_eq!(
+            p(Some(0.2), 7),
+            Points {
+                trained: 1,
+                claimed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn partial_nodes_train_a_fraction_and_claim_as_told() {
+        let free_rider = Contribution::Partial {
+            fraction: 0.2,
+            claim: Claim::Required,
+        };
+        let shirker = Contribution::Partial {
+            fraction: 0.2,
+            claim: Claim::Trained,
+        };
+        // 20% of ceil(143.2) = 144 is 28.8 -> 29 points.
+        assert_eq!(
+            points(Some(143.2), 500, &free_rider),
+            Points {
+                trained: 29,
+                claimed: 144
+            }
+        );
+        assert_eq!(
+            points(Some(143.2), 500, &shirker),
+            Points {
+                trained: 29,
+                claimed: 29
+            }
+        );
+        // Without a requirement the fraction is of the local data; the claim is all of it.
+        assert_eq!(
+            points(None, 10, &free_rider),
+            Points {
+                trained: 2,
+                claimed: 10
+            }
+        );
+        // Capped by the data, at least one point.
+        assert_eq!(
+            points(Some(1000.0), 50, &shirker),
+            Points {
+                trained: 50,
+                claimed: 50
+            }
+        );
+        let tiny = Contribution::Partial {
+            fraction: 0.01,
+            claim: Claim::Trained,
+        };
+        assert_eq!(
+            points(Some(10.0), 50, &tiny),
+            Points {
+                trained: 1,
+                claimed: 1
+            }
+        );
+        for bad in [0.0, -0.5, 1.5, f64::NAN] {
+            let c = Contribution::Partial {
+                fraction: bad,
+                claim: Claim::Trained,
+            };
+            let err = ModelTrainer::new(spec(), data(), 0)
+                .unwrap()
+                .with_contribution(c)
+                .unwrap_err();
+            assert!(err.to_string().contains(&format!("got {bad}")), "{err}");
+        }
+    }
+
+    /// With a requirement the trainer trains on exactly the first `ceil(m*)` samples
+    /// (the update equals one trained by hand on them) and claims them.
+    #[test]
+    fn train_uses_the_first_required_samples_and_claims_them() {
+        let global = spec().init_params(5);
+        let mut t = task(2, 1);
+        t.required_points = Some(3.5);
+        let out = ModelTrainer::new(spec(), data(), 4)
+            .unwrap()
+            .train(&global, &t)
+            .unwrap();
+        assert_eq!(out.num_samples, 4);
+        let mut local = global.clone();
+        let cfg = TrainConfig {
+            epochs: 3,
+            batch_size: 2,
+            learning_rate: 0.5,
+            l2: 0.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(4, 2, 1));
+        let first = data().subset(&[0, 1, 2, 3]);
+        spec().train(&mut local, &first, &cfg, &mut rng).unwrap();
+        let expected: Vec<f32> = local.iter().zip(&global).map(|(l, g)| l - g).collect();
+        assert_eq!(out.update, expected);
+        // A free rider trains on half of it (2 samples) but claims the 4.
+        let rider = ModelTrainer::new(spec(), data(), 4)
+            .unwrap()
+            .with_contribution(Contribution::Partial {
+                fraction: 0.5,
+                claim: Claim::Required,
+            })
+            .unwrap()
+            .train(&global, &t)
+            .unwrap();
+        assert_eq!(rider.num_samples, 4);
+        assert_ne!(rider.update, out.update);
     }
 
     #[test]

@@ -103,7 +103,25 @@ pub fn round_to_proto(r: &RoundRecord) -> pb::RoundRecord {
         valuation_ms: r.valuation_ms,
         valuation_status: r.valuation_status.describe(),
         valuation_stop: r.valuation_stop.clone(),
-        bandit: None,
+        bandit: r.bandit.as_ref().map(|b| pb::BanditRound {
+            step: b.step,
+            trigger_client: b.trigger_client.clone(),
+            selected: b.selected.clone(),
+            value: b.value,
+            target: b.target,
+            reports: b
+                .reports
+                .iter()
+                .map(|c| pb::ClientBanditReport {
+                    client_id: c.client_id.clone(),
+                    reported_cost: c.reported_cost,
+                    selected: c.selected,
+                    payment: c.payment,
+                    capped: c.capped,
+                    gain: c.gain,
+                })
+                .collect(),
+        }),
         reputations: r
             .reputations
             .iter()

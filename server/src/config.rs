@@ -768,6 +768,7 @@ impl FederationConfig {
             ("fair_reward", self.fair_reward.is_some()),
             ("vertical", self.vertical.is_some()),
             ("fact", self.fact.is_some()),
+            ("aggregator", self.aggregator != AggregatorSpec::default()),
         ];
         if let Some((field, _)) = set.iter().find(|(_, is_set)| *is_set) {
             return Err(ConfigError::new(
@@ -1517,6 +1518,141 @@ mod tests {
         ];
         for (field, r) in bad {
             assert_eq!(with(r), Err(field.to_string()), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn fact_parses_with_defaults_and_each_invalid_field_is_named() {
+        let base = r#"
+            id = "f"
+            enrollment_secret = "s"
+            rounds = 3
+            min_clients = 3
+            model = { kind = "logistic_regression", num_features = 2, num_classes = 2 }
+            valuation = { method = "none" }
+        "#;
+        let parse = |extra: &str| toml::from_str::<FederationConfig>(&format!("{base}\n{extra}"));
+        assert_eq!(parse("").expect("parses").fact, None);
+        let cfg = parse("fact = {}").expect("parses");
+        assert_eq!(cfg.fact, Some(FactSettings::default()));
+        assert_eq!(cfg.validate(), Ok(()));
+        let custom = parse(
+            r#"fact = { offset = 2.0, alpha = 1.2, prize_factor = 2.0, remainder = "join_last_group", seed = 7 }"#,
+        )
+        .expect("parses");
+        let f = custom.fact.expect("set");
+        assert_eq!(
+            (f.offset, f.alpha, f.prize_factor, f.seed),
+            (2.0, 1.2, 2.0, Some(7))
+        );
+        assert_eq!(
+            f.remainder,
+            fedval_core::incentive::fact::RemainderPolicy::JoinLastGroup
+        );
+        // m* = sqrt(offset / (2 c)): offset 2, cost 0.25 -> 2.
+        assert!((f.required_points(0.25) - 2.0).abs() < 1e-12);
+        let err = parse("fact = { ofset = 1.0 }").expect_err("unknown field");
+        assert!(err.to_string().contains("unknown field `ofset`"), "{err}");
+        type Edit = fn(&mut FactSettings);
+        let bad: [(&str, Edit); 5] = [
+            ("fact.offset", |f| f.offset = 0.0),
+            ("fact.offset", |f| f.offset = f64::NAN),
+            ("fact.alpha", |f| f.alpha = 2.0),
+            ("fact.alpha", |f| f.alpha = 1.0),
+            ("fact.prize_factor", |f| f.prize_factor = -1.0),
+        ];
+        for (name, edit) in bad {
+            let mut f = FactSettings::default();
+            edit(&mut f);
+            let c = FederationConfig {
+                fact: Some(f),
+                ..cfg.clone()
+            };
+            assert_eq!(
+                c.validate().map_err(|e| e.field),
+                Err(name.to_string()),
+                "{f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bandit_parses_with_defaults_and_learning_fields_are_refused() {
+        let base = r#"
+            id = "b"
+            enrollment_secret = "s"
+            min_clients = 4
+        "#;
+        let parse = |extra: &str| toml::from_str::<FederationConfig>(&format!("{base}\n{extra}"));
+        let cfg = parse("bandit = { dim = 5, horizon = 2000 }").expect("parses");
+        assert_eq!(cfg.bandit, Some(BanditSettings::new(5, 2000)));
+        assert_eq!(cfg.rounds, 0);
+        assert_eq!(cfg.validate(), Ok(()));
+        let b = parse(
+            r#"bandit = { dim = 3, horizon = 10, lambda = 0.5, alpha = 0.0, threshold = 5.0, beta = 1.0, essential_cap = 0.0, mechanism = "baseline", baseline_value_weight = 2.0, seed = 3 }"#,
+        )
+        .expect("parses")
+        .bandit
+        .expect("set");
+        assert_eq!(b.mechanism, BanditMechanism::Baseline);
+        assert_eq!(
+            (b.lambda, b.alpha, b.threshold, b.beta),
+            (0.5, 0.0, 5.0, 1.0)
+        );
+        assert_eq!(b.seed, Some(3));
+        let err = parse(r#"bandit = { dim = 3, horizon = 10, mechanism = "vcg" }"#)
+            .expect_err("unknown mechanism");
+        assert!(err.to_string().contains("vcg"), "{err}");
+
+        type Edit = fn(&mut FederationConfig);
+        let bad: [(&str, Edit); 14] = [
+            ("bandit.dim", |c| {
+                c.bandit = Some(BanditSettings::new(0, 10))
+            }),
+            ("bandit.dim", |c| {
+                c.bandit = Some(BanditSettings::new(257, 10))
+            }),
+            ("bandit.horizon", |c| {
+                c.bandit = Some(BanditSettings::new(3, 0))
+            }),
+            ("bandit.lambda", |c| {
+                c.bandit = c.bandit.map(|b| BanditSettings { lambda: 0.0, ..b })
+            }),
+            ("bandit.threshold", |c| {
+                c.bandit = c.bandit.map(|b| BanditSettings {
+                    threshold: f64::NAN,
+                    ..b
+                })
+            }),
+            ("bandit.alpha", |c| {
+                c.bandit = c.bandit.map(|b| BanditSettings { alpha: -1.0, ..b })
+            }),
+            ("bandit.beta", |c| {
+                c.bandit = c.bandit.map(|b| BanditSettings { beta: 0.0, ..b })
+            }),
+            ("bandit.beta", |c| {
+                c.bandit = c.bandit.map(|b| BanditSettings { beta: 1.5, ..b })
+            }),
+            ("rounds", |c| c.rounds = 3),
+            ("clients_per_round", |c| c.clients_per_round = 2),
+            ("min_clients", |c| c.min_clients = 0),
+            ("min_clients", |c| c.min_clients = MAX_BANDIT_CLIENTS + 1),
+            ("model", |c| {
+                c.model = Some(ModelSpec::LogisticRegression {
+                    num_features: 2,
+                    num_classes: 2,
+                })
+            }),
+            ("fact", |c| c.fact = Some(FactSettings::default())),
+        ];
+        for (field, edit) in bad {
+            let mut c = cfg.clone();
+            edit(&mut c);
+            assert_eq!(
+                c.validate().map_err(|e| e.field),
+                Err(field.to_string()),
+                "{c:?}"
+            );
         }
     }
 

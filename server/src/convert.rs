@@ -719,6 +719,62 @@ mod tests {
     }
 
     #[test]
+    fn fact_and_bandit_round_trip_and_unset_fields_take_defaults() {
+        let fact = FederationConfig {
+            fact: Some(FactSettings {
+                offset: 2.0,
+                seed: Some(9),
+                ..FactSettings::default()
+            }),
+            ..full()
+        };
+        assert_eq!(fact.validate(), Ok(()));
+        let wire = proto::FederationConfig::from(&fact);
+        assert_eq!(FederationConfig::try_from(wire), Ok(fact));
+        assert_eq!(
+            FactSettings::try_from(&proto::FactConfig::default()),
+            Ok(FactSettings::default())
+        );
+        let bad = proto::FactConfig {
+            remainder: "drop".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            FactSettings::try_from(&bad).map_err(|e| e.field),
+            Err("fact.remainder".to_string())
+        );
+
+        let bandit = FederationConfig {
+            model: None,
+            validation: None,
+            reputation: None,
+            fair_reward: None,
+            rounds: 0,
+            clients_per_round: 0,
+            aggregator: AggregatorSpec::default(),
+            bandit: Some(BanditSettings {
+                mechanism: BanditMechanism::Baseline,
+                seed: Some(4),
+                ..BanditSettings::new(5, 100)
+            }),
+            ..full()
+        };
+        assert_eq!(bandit.validate(), Ok(()));
+        let wire = proto::FederationConfig::from(&bandit);
+        assert!(wire.model.is_none());
+        assert_eq!(FederationConfig::try_from(wire), Ok(bandit));
+        let minimal = proto::BanditConfig {
+            dim: 5,
+            horizon: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            BanditSettings::try_from(&minimal),
+            Ok(BanditSettings::new(5, 100))
+        );
+    }
+
+    #[test]
     fn fair_reward_round_trips_and_unset_fields_take_defaults() {
         let on = FederationConfig {
             reputation: None,

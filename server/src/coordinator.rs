@@ -119,13 +119,19 @@ impl Coordinator for CoordinatorService {
         let client_id = &request.get_ref().client_id;
         let mut changes = fed.subscribe_changes();
         let mut task = fed.next_task(client_id).await;
-        if matches!(task, NextTask::Wait { .. }) {
-            // Long poll: answer as soon as something changes, or after a bounded wait.
-            if tokio::time::timeout(fed.long_poll(), changes.changed())
-                .await
-                .is_ok()
-            {
-                task = fed.next_task(client_id).await;
+        // Long poll: answer as soon as something changes, or after a bounded wait. A
+        // bandit federation hands the turn from client to client every few milliseconds,
+        // so there the poll waits for a change that gives THIS client something to do:
+        // a step must not wait for a client's polling interval.
+        let until = Instant::now() + fed.long_poll();
+        let persistent = fed.config().bandit.is_some();
+        while matches!(task, NextTask::Wait { .. }) {
+            match tokio::time::timeout_at(until, changes.changed()).await {
+                Ok(Ok(())) => task = fed.next_task(client_id).await,
+                Ok(Err(_)) | Err(_) => break,
+            }
+            if !persistent {
+                break;
             }
         }
         Ok(Response::new(task_to_proto(&fed, task)))
@@ -322,10 +328,17 @@ impl Coordinator for CoordinatorService {
                 &request.get_ref().client_id,
             )
             .await?;
-        Err(Status::failed_precondition(format!(
-            "federation `{}` does not run bandits yet",
-            fed.id()
-        )))
+        let Some(settings) = fed.config().bandit else {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "federation `{}` is not a bandit federation; SubmitBandit does not apply",
+                fed.id()
+            ))
+            .into());
+        };
+        let req = request.into_inner();
+        let submission = crate::bandit::Submission::from_proto(req.kind, &settings)?;
+        fed.submit_bandit(&req.client_id, submission).await?;
+        Ok(Response::new(pb::BanditAck { accepted: true }))
     }
 
     async fn heartbeat(
@@ -512,6 +525,7 @@ fn task_to_proto(fed: &Federation, task: NextTask) -> pb::Task {
             evaluate_only,
             deadline_ms,
         }),
+        NextTask::Bandit(task) => Kind::Bandit(task.to_proto()),
     };
     pb::Task { kind: Some(kind) }
 }

@@ -4,7 +4,10 @@
 //! Every client reports its marginal cost per data point when it enrolls; its required
 //! contribution `m* = sqrt(offset / (2 cost))` travels in every `TrainTask`, and every update
 //! claims the points it trained on (`UpdateHeader.num_samples`). This module holds the
-//! federation's FACT settings; the settlement of a round lives beside it.
+//! federation's FACT settings; [`settlement`] settles every committed round into
+//! penalties and prizes on the ledger.
+
+pub mod settlement;
 
 use fedval_core::incentive::IncentiveError;
 use fedval_core::incentive::fact::{FactParams, RemainderPolicy};

@@ -118,6 +118,8 @@ pub enum NextTask {
         evaluate_only: bool,
         deadline_ms: u64,
     },
+    /// Bandit federations: play a step, report, upload or download (see `bandit`).
+    Bandit(crate::bandit::BanditTask),
 }
 
 /// What an upload header claims, before its data arrives.
@@ -213,6 +215,8 @@ pub(crate) struct FedState {
     /// Vertical federations: the open pass and the answers of closed ones (unused in a
     /// horizontal federation).
     pub vertical: crate::vertical::VerticalState,
+    /// Bandit federations: the run (unused otherwise).
+    pub bandit: crate::bandit::BanditState,
 }
 
 impl FedState {
@@ -416,6 +420,7 @@ impl Federation {
                 loop_error: None,
                 pending_valuation,
                 vertical: Default::default(),
+                bandit: Default::default(),
             }),
             uploading: std::sync::Mutex::new(HashSet::new()),
             changed,
@@ -558,6 +563,9 @@ impl Federation {
         if self.vertical.is_some() {
             crate::vertical::check_enrollment(&self.config, &st, num_features)?;
         }
+        if self.config.bandit.is_some() {
+            crate::bandit::check_enrollment(&self.config, &st)?;
+        }
         if let Some(policy) = self.config.reward_policy()
             && (st.round.is_some() || st.record.committed_rounds > 0)
         {
@@ -654,6 +662,9 @@ impl Federation {
         }
         if let Some(spec) = &self.vertical {
             return crate::vertical::next_task(&self.config, spec, &st, client_id);
+        }
+        if let Some(settings) = &self.config.bandit {
+            return crate::bandit::next_task(&self.config, settings, &st, client_id);
         }
         if let Some(round) = st.removed_in(client_id) {
             return NextTask::Removed {

@@ -23,6 +23,8 @@
 //! - `valuation_worker`: values committed rounds behind the round loop.
 //! - [`vertical`]: vertical federations (the server holds the labels, parties exchange
 //!   embeddings for gradients): settings, round arithmetic, the pass driver, VerFedSV.
+//! - [`bandit`]: bandit federations (federated LinUCB with Truth-FedBan payments): the
+//!   protocol, its round arithmetic, the submissions and the driver.
 //! - [`registry`]: the federations of a server and their loops.
 //! - [`coordinator`], [`admin`]: the gRPC services.
 //! - [`error`]: domain errors and their one mapping onto gRPC statuses.

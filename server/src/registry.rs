@@ -83,8 +83,10 @@ impl Registry {
 
     fn insert(&self, fed: Arc<Federation>) {
         let round_loop = tokio::spawn(round_loop::run(fed.clone(), self.shutdown.subscribe()));
-        // A vertical federation's driver values the run itself (`vertical::value`).
-        let valuation = fed.vertical().is_none().then(|| {
+        // A vertical federation's driver values the run itself (`vertical::value`); a
+        // bandit federation has no model to value.
+        let valued = fed.vertical().is_none() && fed.config().bandit.is_none();
+        let valuation = valued.then(|| {
             tokio::spawn(valuation_worker::run(
                 fed.clone(),
                 self.shutdown.subscribe(),

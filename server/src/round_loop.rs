@@ -16,6 +16,10 @@
 //! Admin and in clients' Wait reasons) and retried with capped exponential back-off, so
 //! a transient fault never leaves clients waiting forever. A commit that reached the
 //! disk although it reported failure is adopted, never committed twice.
+//!
+//! A FACT federation settles each round before committing it (`fact::settlement`): the
+//! round's penalties and prizes are written in the round's own batch and announced with
+//! `Event::LedgerRecorded` after it (also when an adopted commit brought them).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,14 +49,17 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between two attempts of a failing step.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Runs `fed`'s rounds (a vertical federation's passes: `vertical::driver`) until it
-/// finishes, is stopped, or `shutdown` turns true.
+/// Runs `fed`'s rounds (a vertical federation's passes: `vertical::driver`; a bandit
+/// federation's protocol: `bandit::driver`) until it finishes, is stopped, or `shutdown`
+/// turns true.
 ///
 /// The loop runs on its own task so that even a panic is logged and shown as the
 /// federation's error instead of vanishing; aborting this future aborts that task.
 pub(crate) async fn run(fed: Arc<Federation>, shutdown: watch::Receiver<bool>) {
     let task = if fed.vertical().is_some() {
         tokio::spawn(crate::vertical::driver::drive(fed.clone(), shutdown))
+    } else if fed.config().bandit.is_some() {
+        tokio::spawn(crate::bandit::driver::drive(fed.clone(), shutdown))
     } else {
         tokio::spawn(drive(fed.clone(), shutdown))
     };
@@ -305,16 +312,28 @@ async fn collect(
 
 /// Closes the open round, aggregates and values it, and commits it atomically.
 async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
-    let (number, selected, updates, model, policy) = {
+    let (number, selected, updates, model, policy, clients) = {
         let mut st = fed.state.lock().await;
         let model = st.model.clone();
         let policy = PolicyInputs::gather(fed.config(), &st, &model);
+        // FACT settles the round over the participants' reported costs.
+        let clients = match fed.config().fact {
+            Some(_) => st.clients.clone(),
+            None => Vec::new(),
+        };
         let Some(r) = st.round.as_mut() else {
             return Ok(());
         };
         r.closed = true;
         let updates: Vec<AcceptedUpdate> = r.received.values().cloned().collect();
-        (r.number, r.selected.clone(), updates, model, policy)
+        (
+            r.number,
+            r.selected.clone(),
+            updates,
+            model,
+            policy,
+            clients,
+        )
     };
     fed.notify();
     if updates.is_empty() {
@@ -374,6 +393,22 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
             },
         ),
     };
+    // FACT: the round's penalties and prizes, committed with the round (fact::settlement).
+    let fact = crate::fact::settlement::settle_round(
+        fed.config(),
+        number,
+        &clients,
+        updates.iter().map(|u| &u.record),
+        now_ms(),
+    );
+    let mut metrics = outcome.metrics;
+    let ledger = match fact {
+        Some(f) => {
+            metrics.extend(f.metrics);
+            f.entries
+        }
+        None => Vec::new(),
+    };
     let updates = policy.valued_updates.take().unwrap_or(updates);
 
     let participants: Vec<String> = updates.iter().map(|u| u.record.client_id.clone()).collect();
@@ -393,7 +428,7 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
             new_version,
             participants,
             stragglers,
-            outcome.metrics,
+            metrics,
             valued,
         )
     };
@@ -414,19 +449,20 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
         Vec::new()
     };
     let store = fed.store().clone();
-    let (id, rec2, params, fed_rec2, personal2) = (
+    let (id, rec2, params, fed_rec2, personal2, ledger2) = (
         fed.id().to_string(),
         record.clone(),
         new_model.params.clone(),
         fed_rec.clone(),
         personal.clone(),
+        ledger.clone(),
     );
     let committed = tokio::task::spawn_blocking(move || {
         let views: Vec<(String, &[f32])> = personal2
             .iter()
             .map(|(c, m)| (c.clone(), m.params.as_slice()))
             .collect();
-        store.commit_round(&id, &rec2, &params, &views, &fed_rec2)
+        store.commit_round(&id, &rec2, &params, &views, &ledger2, &fed_rec2)
     })
     .await
     .map_err(|e| ServiceError::Internal(format!("commit task failed: {e}")))?;
@@ -450,6 +486,12 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     drop(st);
     tracing::info!(federation = %fed.id(), round = number, "round committed");
     fed.emit(Event::RoundCommitted(Box::new(record)));
+    if !ledger.is_empty() {
+        fed.emit(Event::LedgerRecorded {
+            round: number,
+            entries: ledger,
+        });
+    }
     fed.notify();
     Ok(())
 }
@@ -561,6 +603,12 @@ fn adopt_committed(
     }
     let model = GlobalModel::new(record.model_version, params);
     let personal = restore_personal(store, &fed_rec, &st.clients, &model)?;
+    // Its ledger entries (FACT) were committed with it and never announced.
+    let ledger: Vec<_> = store
+        .list_ledger(fed.id())?
+        .into_iter()
+        .filter(|e| e.round == number)
+        .collect();
     store.put_federation(&fed_rec)?;
     st.personal = personal;
     st.model = Arc::new(model);
@@ -572,6 +620,12 @@ fn adopt_committed(
     drop(st);
     tracing::warn!(federation = %fed.id(), round = number, "round was already committed; adopted the stored result");
     fed.emit(Event::RoundCommitted(Box::new(record)));
+    if !ledger.is_empty() {
+        fed.emit(Event::LedgerRecorded {
+            round: number,
+            entries: ledger,
+        });
+    }
     fed.notify();
     Ok(())
 }

@@ -258,9 +258,10 @@ mod tests {
             reputations: Vec::new(),
             reputation_threshold: None,
             fair_reward: None,
+            bandit: None,
         };
         store
-            .commit_round("unit", &record, &[0.0; 9], &[], &fed_rec)
+            .commit_round("unit", &record, &[0.0; 9], &[], &[], &fed_rec)
             .expect("committed");
         let stored = store.get_federation("unit").expect("read").expect("exists");
         let fed = Federation::restore(stored, store).expect("restored");

@@ -191,6 +191,7 @@ mod tests {
             },
             deadline: Duration::from_secs(60),
             model: spec(),
+            required_points: None,
         }
     }
 

@@ -11,15 +11,21 @@
 //! - [`runner`]: starts the server, creates the federation, runs the clients.
 //! - [`vertical`]: the same for a vertical scenario (a `[vertical]` table): column
 //!   split, parties, VerFedSV values, vertical vs centralised test accuracy.
+//! - [`fact`]: a FACT scenario (a `[fact]` table): clients' true and reported costs,
+//!   free riders and shirkers, and each client's penalties, prizes and net from the ledger.
 //! - [`report`]: the final table and the files: JSON, CSV and `report.html`.
 //! - [`plot`]: the inline SVG line and bar charts of `report.html`.
 //! - [`export`]: the scenario's data as CSV files plus a server settings file, to run
 //!   the same federation as separate processes.
+//! - [`bandit`]: a federated linear bandit with Truth-FedBan incentives (a `[bandit]`
+//!   table): environments, costs and misreports, regret, payments and the misreport sweep.
 
 pub mod adversary;
 pub mod attack_table;
+pub mod bandit;
 pub mod defense;
 pub mod export;
+pub mod fact;
 pub mod metrics;
 pub mod plot;
 pub mod report;

@@ -8,7 +8,10 @@
 //! honest accuracy, fairness and attack success. A vertical scenario (a `[vertical]` table,
 //! e.g. `sim/scenarios/vertical_digits.toml`, or `--vertical SPLIT`) prints each party's
 //! columns, behaviour and VerFedSV value, then the balance and the vertical vs centralised
-//! test accuracy.
+//! test accuracy. A bandit scenario (a `[bandit]` table, e.g.
+//! `sim/scenarios/bandit_linear.toml`) prints each client's rounds, true cost, payment and
+//! utility, then steps, communication rounds, regret / sqrt(t) and the run's checks; with
+//! `--bandit-sweep` (or a `[bandit.sweep]` table) also the truthful-vs-misreport tables.
 
 use std::path::PathBuf;
 
@@ -102,6 +105,13 @@ struct Args {
     /// Vertical: extra parties holding a copy of party 0's columns.
     #[arg(long)]
     duplicate_parties: Option<usize>,
+    /// Bandit: total steps of the run (overrides the scenario's `bandit.horizon`).
+    #[arg(long)]
+    horizon: Option<u64>,
+    /// Bandit: after the run, rerun it with client 0 reporting 0.5 .. 2 x its true cost under
+    /// truth_fedban and the baseline (unless the scenario has its own `[bandit.sweep]`).
+    #[arg(long)]
+    bandit_sweep: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -152,7 +162,25 @@ fn config(args: &Args) -> anyhow::Result<SimConfig> {
     if let Some(v) = args.seed {
         c.seed = v;
     }
+    override_bandit(args, &mut c)?;
     Ok(c)
+}
+
+/// Applies `--horizon` and `--bandit-sweep`, which only a bandit scenario accepts.
+fn override_bandit(args: &Args, c: &mut SimConfig) -> anyhow::Result<()> {
+    let Some(b) = c.bandit.as_mut() else {
+        if args.horizon.is_some() || args.bandit_sweep {
+            anyhow::bail!("--horizon and --bandit-sweep need a bandit scenario ([bandit] table)");
+        }
+        return Ok(());
+    };
+    if let Some(h) = args.horizon {
+        b.horizon = h;
+    }
+    if args.bandit_sweep && b.sweep.is_none() {
+        b.sweep = Some(fedval_sim::bandit::SweepSpec::default());
+    }
+    Ok(())
 }
 
 /// Applies the flags that describe the federation (not the scenario, aggregator or seed).
@@ -249,6 +277,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return attack_table(&args).await;
     }
     let config = config(&args)?;
+    if config.bandit.is_some() {
+        return bandit(&args, config).await;
+    }
     if let Some(dir) = &args.export_csv {
         let written = fedval_sim::export::export(&config, dir)
             .with_context(|| format!("exporting the scenario to {}", dir.display()))?;
@@ -278,6 +309,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report.final_test_accuracy,
         report.final_test_loss,
         report.rounds.len(),
+        report.wall_time_s,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// A bandit scenario: runs it (and its sweep), writes the report, prints the tables.
+async fn bandit(args: &Args, config: SimConfig) -> anyhow::Result<()> {
+    if args.export_csv.is_some() {
+        anyhow::bail!("--export-csv exports client data sets; a bandit scenario has none");
+    }
+    let opts = SimOptions {
+        config,
+        server: args.server.clone(),
+        admin_token: args.admin_token.clone(),
+        progress: !args.quiet,
+    };
+    let report = fedval_sim::bandit::run(&opts)
+        .await
+        .context("bandit simulation failed")?;
+    report
+        .write(&args.out)
+        .with_context(|| format!("writing the report to {}", args.out.display()))?;
+    print!("{}", report.table());
+    print!("{}", report.summary());
+    println!(
+        "{:.1} s wall time; report in {}",
         report.wall_time_s,
         args.out.display()
     );

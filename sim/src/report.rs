@@ -118,6 +118,9 @@ pub struct Report {
     pub metrics: RunMetrics,
     /// Set for a vertical run.
     pub vertical: Option<VerticalOutcome>,
+    /// Set for a FACT run: every client's penalties, prizes, data cost and net.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fact: Option<crate::fact::FactOutcome>,
 }
 
 impl Report {
@@ -331,6 +334,9 @@ impl Report {
         if !removed.is_empty() {
             let _ = writeln!(s, "adversaries: {}", removed.join(", "));
         }
+        if let Some(fact) = &self.fact {
+            s.push_str(&fact.table());
+        }
         s
     }
 }
@@ -413,7 +419,7 @@ const HONEST_LINES: [&str; 8] = [
 ];
 
 /// The `<style>` of `report.html` besides the charts' rules.
-const PAGE_CSS: &str = "body{font-family:system-ui,sans-serif;max-width:1000px;margin:24px auto;\
+pub(crate) const PAGE_CSS: &str = "body{font-family:system-ui,sans-serif;max-width:1000px;margin:24px auto;\
 padding:0 16px;color:#222}h1{font-size:22px}h2{font-size:18px;margin-top:28px}\
 table{border-collapse:collapse;margin:8px 0 24px;font-size:13px}\
 th,td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}\
@@ -428,7 +434,7 @@ fn behaviour_color(behaviour: &str) -> &'static str {
 }
 
 /// `v` with `decimals` decimals, or `n/a` when it is not finite.
-fn num(v: f64, decimals: usize) -> String {
+pub(crate) fn num(v: f64, decimals: usize) -> String {
     if v.is_finite() {
         format!("{v:.decimals$}")
     } else {
@@ -437,7 +443,7 @@ fn num(v: f64, decimals: usize) -> String {
 }
 
 /// A `<table>` of `(key, value)` rows; values are escaped here.
-fn key_value_table(rows: &[(&str, String)]) -> String {
+pub(crate) fn key_value_table(rows: &[(&str, String)]) -> String {
     let mut s = String::from("<table>");
     for (key, value) in rows {
         let _ = write!(
@@ -471,6 +477,9 @@ impl Report {
         s.push_str("<h2>Contributions</h2>");
         s.push_str(&self.contribution_charts());
         s.push_str(&self.reputation_payment_section(None, None));
+        if let Some(fact) = &self.fact {
+            s.push_str(&fact.html(crate::fact::behaviour_color));
+        }
         s.push_str("<h2>Clients</h2>");
         s.push_str(&self.clients_html());
         s.push_str("</body></html>\n");
@@ -828,7 +837,7 @@ impl Report {
     }
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), SimError> {
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), SimError> {
     std::fs::write(path, text).map_err(|e| SimError::Output {
         path: path.to_path_buf(),
         source: e,
@@ -836,7 +845,7 @@ fn write_file(path: &Path, text: &str) -> Result<(), SimError> {
 }
 
 /// Quotes a CSV field when it holds a comma, quote or newline.
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -908,6 +917,7 @@ mod tests {
                 attack_success_rate: None,
             },
             vertical: None,
+            fact: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fedval_client::{FederationClient, ModelTrainer, RunOptions, connect, run_node};
+use fedval_client::{Contribution, FederationClient, ModelTrainer, RunOptions, connect, run_node};
 use fedval_core::data::Dataset;
 use fedval_core::model::{EvalMetrics, ModelSpec, TrainConfig};
 use fedval_core::tensor;
@@ -31,6 +31,7 @@ use tonic::transport::Channel;
 
 use crate::SimError;
 use crate::adversary::{AdversaryTrainer, Attack, SybilGroup};
+use crate::fact::FactClient;
 use crate::metrics::{self, RunMetrics};
 use crate::report::{ClientRow, Report, RoundRow};
 use crate::scenario::{Behaviour, ModelChoice, SimConfig};
@@ -134,7 +135,7 @@ pub fn federation_config(
         reputation: config.reputation.as_ref().map(Into::into),
         fair_reward: config.fair_reward.as_ref().map(Into::into),
         vertical: None,
-        fact: None,
+        fact: config.fact.as_ref().map(|f| (&f.settings()).into()),
         bandit: None,
         aggregator: Some(fedval_server::convert::aggregator_to_proto(
             &config.aggregator,
@@ -200,13 +201,15 @@ pub(crate) struct Turn {
     pub(crate) done: oneshot::Sender<()>,
 }
 
-/// Starts client `index`: enroll (in its turn), run the task loop, evaluate the final model.
+/// Starts client `index`: enroll (in its turn; in a FACT run reporting the cost of `fact`),
+/// run the task loop (contributing as `fact`'s behaviour says), evaluate the final model.
 fn spawn_client(
     launch: &Launch,
     index: usize,
     plan: ClientPlan,
     seed: u64,
     attack: Attack,
+    fact: Option<FactClient>,
     turn: Turn,
 ) -> ClientTask {
     let launch = launch.clone();
@@ -218,17 +221,26 @@ fn spawn_client(
             // reports that, and this one need not wait any longer.
             let _ = wait.await;
         }
-        let enrolled = FederationClient::enroll(
-            channel,
-            &launch.federation_id,
-            &launch.secret,
-            &plan.name,
-            samples,
-        )
-        .await;
+        let (fed, secret, name) = (&launch.federation_id, &launch.secret, &plan.name);
+        let enrolled = match &fact {
+            Some(f) => {
+                FederationClient::enroll_with_cost(
+                    channel,
+                    fed,
+                    secret,
+                    name,
+                    samples,
+                    f.reported_cost,
+                )
+                .await
+            }
+            None => FederationClient::enroll(channel, fed, secret, name, samples).await,
+        };
         let _ = turn.done.send(());
         let mut client = enrolled?;
-        let inner = ModelTrainer::new(client.model().clone(), plan.data, seed)?;
+        let contribution = fact.map_or(Contribution::Honest, |f| f.behaviour.contribution());
+        let inner = ModelTrainer::new(client.model().clone(), plan.data, seed)?
+            .with_contribution(contribution)?;
         let trainer = AdversaryTrainer::new(inner, attack, seed);
         let summary = run_node(&mut client, trainer, &launch.run_opts).await?;
         let final_accuracy = summary
@@ -457,6 +469,12 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         run_opts,
     };
     let sybil = SybilGroup::new();
+    // FACT: every client's true and reported cost and behaviour, fixed before the run.
+    let fact = config.fact.as_ref().map(|f| {
+        let shards: Vec<usize> = prepared.clients.iter().map(|c| c.data.len()).collect();
+        (f.mean_cost(&shards), f.clients(&shards, config.seed))
+    });
+    let fact_client = |index: usize| fact.as_ref().and_then(|(_, c)| c.get(index).copied());
     let mut tasks = Vec::with_capacity(prepared.clients.len());
     let mut late = Vec::new();
     let mut previous: Option<oneshot::Receiver<()>> = None;
@@ -471,7 +489,8 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
                 wait: previous.replace(next),
                 done,
             };
-            tasks.push(spawn_client(&launch, index, plan, seed, attack, turn));
+            let f = fact_client(index);
+            tasks.push(spawn_client(&launch, index, plan, seed, attack, f, turn));
         }
     }
 
@@ -492,12 +511,27 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
                     wait: previous.replace(next),
                     done,
                 };
-                tasks.push(spawn_client(&launch, index, plan, seed, attack, turn));
+                let f = fact_client(index);
+                tasks.push(spawn_client(&launch, index, plan, seed, attack, f, turn));
             }
         }
     })
     .await?;
     bar.finish_and_clear();
+    // Every round (and so every ledger entry) is committed once the federation ended.
+    let ledger = match &fact {
+        Some(_) => {
+            admin
+                .list_ledger(pb::ListLedgerRequest {
+                    federation_id: federation_id.clone(),
+                    client_id: None,
+                })
+                .await?
+                .into_inner()
+                .entries
+        }
+        None => Vec::new(),
+    };
 
     let Finished {
         results,
@@ -556,6 +590,28 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         })
         .collect();
     let run_metrics = run_metrics(config, &spec, &prepared, &results, &clients)?;
+    let fact = match (&config.fact, &fact) {
+        (Some(sim), Some((mean_cost, plans))) => {
+            let run: Vec<crate::fact::RunClient> = clients
+                .iter()
+                .map(|c| crate::fact::RunClient {
+                    name: c.name.clone(),
+                    client_id: c.client_id.clone(),
+                    samples: c.samples,
+                    rounds: c.rounds_participated,
+                    shapley: c.shapley,
+                })
+                .collect();
+            let plans: Vec<FactClient> = results
+                .iter()
+                .filter_map(|r| plans.get(r.index).copied())
+                .collect();
+            Some(crate::fact::outcome(
+                sim, *mean_cost, &plans, &run, &ledger, &rounds,
+            ))
+        }
+        _ => None,
+    };
     Ok(Report {
         config: config.clone(),
         federation_id,
@@ -567,6 +623,7 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         clients,
         metrics: run_metrics,
         vertical: None,
+        fact,
     })
 }
 

@@ -11,6 +11,13 @@
 //! A `[vertical]` table ([`VerticalSim`]) makes the scenario a vertical federation
 //! (ALGORITHMS.md section 3): the data set's columns are split among parties, the server
 //! holds the labels, and VerFedSV values the parties (run by [`crate::vertical`]).
+//!
+//! A `[bandit]` table ([`crate::bandit::BanditSim`]) makes the scenario a federated linear
+//! bandit with Truth-FedBan incentives (ALGORITHMS.md section 7, run by [`crate::bandit`]).
+//!
+//! A `[fact]` table ([`crate::fact::FactSim`]) makes a horizontal scenario a FACT
+//! federation (ALGORITHMS.md section 6): clients report costs per data point, train on
+//! their required points (or less, by behaviour) and are penalised and rewarded.
 
 use fedval_core::aggregate::AggregatorSpec;
 use serde::{Deserialize, Serialize};
@@ -43,6 +50,26 @@ pub const SHIPPED: &[(&str, &str)] = &[
     (
         "vertical_digits_async",
         include_str!("../scenarios/vertical_digits_async.toml"),
+    ),
+    (
+        "bandit_linear",
+        include_str!("../scenarios/bandit_linear.toml"),
+    ),
+    (
+        "bandit_misreport",
+        include_str!("../scenarios/bandit_misreport.toml"),
+    ),
+    (
+        "bandit_digits",
+        include_str!("../scenarios/bandit_digits.toml"),
+    ),
+    (
+        "fact_truthful",
+        include_str!("../scenarios/fact_truthful.toml"),
+    ),
+    (
+        "fact_misreport",
+        include_str!("../scenarios/fact_misreport.toml"),
     ),
 ];
 
@@ -255,6 +282,14 @@ pub struct SimConfig {
     /// partition, model, local epochs, batch size and learning rate are ignored, and
     /// adversaries, aggregator, reputation and fair_reward must stay unset.
     pub vertical: Option<VerticalSim>,
+    /// Set (a `[bandit]` table) for a federated bandit with Truth-FedBan incentives; unset
+    /// (the default) otherwise. Only `clients`, `seed` and `round_timeout_ms` keep their
+    /// meaning; the learning settings are ignored, and adversaries, aggregator, reputation,
+    /// fair_reward and vertical must stay unset.
+    pub bandit: Option<crate::bandit::BanditSim>,
+    /// Set (a `[fact]` table) for a horizontal FACT federation: clients report costs per
+    /// data point at enrollment and are settled every round; unset (the default) is off.
+    pub fact: Option<crate::fact::FactSim>,
 }
 
 /// What a vertical party does in a simulation.
@@ -425,6 +460,8 @@ impl Default for SimConfig {
             fair_reward: None,
             adversaries: Adversaries::default(),
             vertical: None,
+            bandit: None,
+            fact: None,
         }
     }
 }
@@ -465,8 +502,19 @@ impl SimConfig {
 
     /// Checks the counts and attack parameters against each other.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(b) = &self.bandit {
+            return b.validate_scenario(self);
+        }
         if let Some(v) = &self.vertical {
+            if self.fact.is_some() {
+                return Err("[fact] is for horizontal federations: leave it unset in a \
+                            vertical scenario"
+                    .into());
+            }
             return self.validate_vertical(v);
+        }
+        if let Some(f) = &self.fact {
+            f.validate(self.clients)?;
         }
         if self.clients == 0 {
             return Err("clients must be at least 1".into());
@@ -638,6 +686,30 @@ mod tests {
         for name in &names {
             let config = scenario(name);
             assert_eq!(config.validate(), Ok(()), "{name}");
+            if config.bandit.is_some() {
+                assert!(name.starts_with("bandit_"), "{name}");
+                continue;
+            }
+            if let Some(f) = &config.fact {
+                assert!(name.starts_with("fact_"), "{name}");
+                assert_eq!(config.special_clients(), 0, "{name}: no [adversaries]");
+                let kinds: Vec<String> = (0..config.clients)
+                    .map(|i| f.behaviour(i).label())
+                    .filter(|b| b != "truthful")
+                    .collect();
+                let expected: &[&str] = if name == "fact_misreport" {
+                    &[
+                        "misreport x1.30",
+                        "misreport x0.70",
+                        "free_rider 20%",
+                        "shirker 20%",
+                    ]
+                } else {
+                    &[]
+                };
+                assert_eq!(kinds, expected, "{name}");
+                continue;
+            }
             if let Some(v) = &config.vertical {
                 assert!(name.starts_with("vertical_"), "{name}");
                 let expected = if name.ends_with("_async") {

@@ -433,6 +433,7 @@ pub async fn run(opts: &SimOptions, started: Instant) -> Result<Report, SimError
             attack_success_rate: None,
         },
         vertical: Some(outcome),
+        fact: None,
     })
 }
 

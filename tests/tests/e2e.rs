@@ -7,7 +7,9 @@ mod e2e {
     pub mod support;
 
     mod bad_input;
+    mod bandit;
     mod estimators;
+    mod fact;
     mod fair_reward;
     mod federation_flow;
     mod large_model;

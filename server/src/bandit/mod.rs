@@ -1,6 +1,387 @@
 //! Bandit federations (ALGORITHMS.md section 7): federated linear bandits with
-//! Truth-FedBan incentives.
+//! Truth-FedBan incentives, over gRPC.
+//!
+//! **Protocol.** The run starts once `min_clients` clients enrolled (no enrollment
+//! afterwards) and lasts steps `t = 1..=horizon`. The active client of step `t` is a
+//! seeded uniform draw over the clients in enrollment order ([`active_client`], a pure
+//! function of `(bandit.seed or the federation's seed, t)`); its `PullTask` answers
+//! `BanditTask.play{t, t_last}`, everyone else waits. It plays LinUCB and answers
+//! `SubmitBandit{step}`; the step is appended to the store's step log before it is
+//! acknowledged (`submit`). A triggered step opens communication round `k`
+//! (`k = 1, 2, ...`) in three phases, each closed when every client answered or after
+//! `round_timeout_ms`:
+//! 1. *report*: every client reports its cost and its pending Gram update `dV` (durable on
+//!    acknowledgement). Clients that did not report are left out of the round.
+//! 2. *upload*: [`round::settle`] selects the participants (greedy log-det gain per reported
+//!    cost to `g(all reporters) + log(beta)`) and prices them (critical values, or the
+//!    baseline); each selected client uploads its `db` (durable on acknowledgement). The
+//!    round record, the new aggregate `(V_g, b_g)`, the payments and the federation's
+//!    progress are then committed in ONE atomic batch ([`round::conclude`],
+//!    `Store::commit_bandit_round`). A selected client whose upload missed the deadline
+//!    is neither aggregated nor paid.
+//! 3. *sync*: every client downloads `(V_g, b_g)` with `selected` (clear your pending
+//!    statistics) and its payment, and acknowledges. A client that missed it is handed the
+//!    sync of the latest round before anything else, with `selected` true if any round it
+//!    missed aggregated its data. Then step `t + 1` follows.
+//!
+//! After step `horizon` (and its round, if it triggered one) the federation finishes.
+//!
+//! **Invariants.** Only the driver (`driver`) opens, settles, commits and closes rounds
+//! and finishes the run; the handlers only validate, make durable, record and wake it. A
+//! repeated identical submission of anything durable is acknowledged again; a different one
+//! for the same step or round is refused (ALREADY_EXISTS). Every acknowledged step,
+//! report, upload and sync survives a restart: the driver reloads the last step, the
+//! aggregate, the round counter and the open round's reports and uploads, reopens the open
+//! round's report phase (clients whose report is stored have nothing to re-send, though
+//! re-sending it is harmless), and re-sends the sync of the last round if no step followed
+//! it. A commit that reached the disk although it reported failure is adopted, never
+//! repeated, so no payment is lost or paid twice.
 
+pub(crate) mod driver;
+pub mod round;
 pub mod settings;
+pub(crate) mod submit;
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use fedval_proto::v1 as pb;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
+
+use crate::config::FederationConfig;
+use crate::error::{ServiceError, ServiceResult};
+use crate::federation::{FedState, NextTask};
+use crate::store::{BanditReport, BanditStepRecord};
+
+pub use round::Settlement;
 pub use settings::{BanditMechanism, BanditSettings};
+pub use submit::Submission;
+
+/// Largest reported cost accepted: keeps every critical value (a cost times a ratio of
+/// log-det gains) finite, so a round's payments can always be recorded.
+pub const MAX_REPORTED_COST: f64 = 1.0e12;
+/// Largest absolute entry of a Gram update or a reward vector accepted: keeps the
+/// aggregate of up to `MAX_BANDIT_CLIENTS` clients over many rounds finite.
+pub const MAX_STATISTIC_ABS: f64 = 1.0e15;
+
+/// The active client of step `step`: a uniform draw over `clients` (enrollment order) from
+/// the stream `step` of a ChaCha8 generator seeded with `seed`.
+pub fn active_client(seed: u64, step: u64, clients: usize) -> usize {
+    if clients <= 1 {
+        return 0;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(step);
+    rng.random_range(0..clients)
+}
+
+/// The server's aggregate: `V_g` (row-major `d x d`) and `b_g` (`d`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregate {
+    /// Sum of the aggregated Gram updates.
+    pub v_g: Vec<f64>,
+    /// Sum of the aggregated reward vectors.
+    pub b_g: Vec<f64>,
+}
+
+impl Aggregate {
+    /// The empty aggregate of dimension `d`.
+    pub fn zeros(d: usize) -> Self {
+        Self {
+            v_g: vec![0.0; d * d],
+            b_g: vec![0.0; d],
+        }
+    }
+
+    /// Splits a stored `[V_g, b_g]` of dimension `d`; `None` if its length is wrong.
+    pub fn from_stored(d: usize, values: Vec<f64>) -> Option<Self> {
+        if values.len() != d * d + d {
+            return None;
+        }
+        let mut v_g = values;
+        let b_g = v_g.split_off(d * d);
+        Some(Self { v_g, b_g })
+    }
+
+    /// `[V_g, b_g]`, as stored.
+    pub fn to_stored(&self) -> Vec<f64> {
+        [self.v_g.as_slice(), self.b_g.as_slice()].concat()
+    }
+}
+
+/// What a bandit client must do next (`NextTask::Bandit`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BanditTask {
+    /// Play global step `step`; `t_last` is the step of the last communication round.
+    Play { step: u64, t_last: u64 },
+    /// Report a cost and the pending Gram update for round `round`.
+    Report { round: u64 },
+    /// Upload the pending reward vector for round `round` (the client was selected).
+    Upload { round: u64 },
+    /// Download the aggregate after round `round` and acknowledge it.
+    Sync {
+        round: u64,
+        aggregate: Arc<Aggregate>,
+        /// The aggregate holds the client's pending statistics: clear them.
+        selected: bool,
+        /// The client's payment in `round`.
+        payment: f64,
+    },
+}
+
+impl BanditTask {
+    /// The wire form.
+    pub fn to_proto(&self) -> pb::BanditTask {
+        use pb::bandit_task::Phase;
+        let phase = match self {
+            BanditTask::Play { step, t_last } => Phase::Play(pb::BanditPlay {
+                step: *step,
+                t_last: *t_last,
+            }),
+            BanditTask::Report { round } => {
+                Phase::Report(pb::BanditReportRequest { round: *round })
+            }
+            BanditTask::Upload { round } => {
+                Phase::Upload(pb::BanditUploadRequest { round: *round })
+            }
+            BanditTask::Sync {
+                round,
+                aggregate,
+                selected,
+                payment,
+            } => Phase::Sync(pb::BanditSync {
+                round: *round,
+                v_g: aggregate.v_g.clone(),
+                b_g: aggregate.b_g.clone(),
+                selected: *selected,
+                payment: *payment,
+            }),
+        };
+        pb::BanditTask { phase: Some(phase) }
+    }
+}
+
+/// Where an open communication round stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Collecting cost reports.
+    Report,
+    /// The driver is selecting and pricing (no reports, no uploads yet).
+    Settling,
+    /// Collecting the selected clients' uploads.
+    Upload,
+    /// The driver is committing (no more uploads).
+    Committing,
+}
+
+/// An open communication round.
+#[derive(Debug)]
+pub(crate) struct CommRound {
+    /// Its number `k`.
+    pub round: u64,
+    /// The step whose trigger opened it.
+    pub step: u64,
+    /// That step's active client.
+    pub trigger_client: String,
+    pub phase: Phase,
+    /// When the current phase closes without the missing clients.
+    pub deadline: Instant,
+    /// Durable reports, by client.
+    pub reports: BTreeMap<String, Arc<BanditReport>>,
+    /// Durable uploads, by client.
+    pub uploads: BTreeMap<String, Arc<Vec<f64>>>,
+    /// The selection and prices, once the report phase closed.
+    pub settlement: Option<Arc<Settlement>>,
+}
+
+/// A started bandit run (inside the federation's state lock).
+#[derive(Debug)]
+pub(crate) struct Run {
+    /// The last durable step (0 before the first).
+    pub step: u64,
+    /// Its record.
+    pub last: Option<BanditStepRecord>,
+    /// Step of the last committed round (0 before the first).
+    pub t_last: u64,
+    /// Committed communication rounds.
+    pub rounds: u64,
+    /// `(V_g, b_g)` after the last committed round.
+    pub aggregate: Arc<Aggregate>,
+    /// The open communication round, if any.
+    pub open: Option<CommRound>,
+    /// While the sync phase of round `rounds` is open: when it closes.
+    pub sync_deadline: Option<Instant>,
+    /// The last round each client acknowledged downloading (durable).
+    pub synced: HashMap<String, u64>,
+    /// The last round whose aggregate holds each client's data.
+    pub aggregated_in: HashMap<String, u64>,
+    /// Payments of round `rounds`, by client.
+    pub paid: HashMap<String, f64>,
+}
+
+impl Run {
+    /// The last round `client_id` downloaded.
+    pub fn synced(&self, client_id: &str) -> u64 {
+        self.synced.get(client_id).copied().unwrap_or(0)
+    }
+
+    /// Whether the last step triggered a round that has not been committed yet.
+    pub fn round_due(&self) -> bool {
+        self.last
+            .as_ref()
+            .is_some_and(|l| l.triggered && l.step > self.t_last)
+    }
+
+    /// The sync task of the latest round for `client_id`.
+    fn sync_task(&self, client_id: &str) -> BanditTask {
+        BanditTask::Sync {
+            round: self.rounds,
+            aggregate: self.aggregate.clone(),
+            selected: self.aggregated_in.get(client_id).copied().unwrap_or(0)
+                > self.synced(client_id),
+            payment: self.paid.get(client_id).copied().unwrap_or(0.0),
+        }
+    }
+
+    /// Whether step `step + 1` may be played now: no round open or due, the sync phase
+    /// over, and the horizon not reached.
+    pub fn play_open(&self, horizon: u64) -> bool {
+        self.open.is_none()
+            && !self.round_due()
+            && self.sync_deadline.is_none()
+            && self.step < horizon
+    }
+}
+
+/// A bandit federation's state (inside the federation's state lock).
+#[derive(Debug, Default)]
+pub(crate) struct BanditState {
+    /// The run, once it started (or, after a restart, once the driver reloaded it).
+    pub run: Option<Run>,
+}
+
+/// Enrollment rule of a bandit federation, checked under the state lock: the run starts
+/// with exactly `min_clients` clients, so nobody joins once they are all in.
+pub(crate) fn check_enrollment(config: &FederationConfig, st: &FedState) -> ServiceResult<()> {
+    if st.bandit.run.is_some() || st.clients.len() >= config.min_clients {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "bandit federation `{}` runs with its {} clients (min_clients), who are all enrolled; it takes no new clients",
+            config.id, config.min_clients
+        )));
+    }
+    Ok(())
+}
+
+/// The enrolled client ids, in enrollment order.
+pub(crate) fn client_ids(st: &FedState) -> Vec<String> {
+    st.clients.iter().map(|c| c.client_id.clone()).collect()
+}
+
+/// The client whose turn step `step` is.
+pub(crate) fn active_id<'a>(
+    config: &FederationConfig,
+    settings: &BanditSettings,
+    st: &'a FedState,
+    step: u64,
+) -> Option<&'a str> {
+    let seed = settings.seed.unwrap_or(config.seed);
+    st.clients
+        .get(active_client(seed, step, st.clients.len()))
+        .map(|c| c.client_id.as_str())
+}
+
+/// What a client of a bandit federation should do now (the federation is neither
+/// finished nor stopped).
+pub(crate) fn next_task(
+    config: &FederationConfig,
+    settings: &BanditSettings,
+    st: &FedState,
+    client_id: &str,
+) -> NextTask {
+    let reason = match &st.bandit.run {
+        None => format!(
+            "waiting for clients: {} of {} enrolled",
+            st.clients.len(),
+            config.min_clients
+        ),
+        Some(run) => match task_of(config, settings, st, run, client_id) {
+            Ok(task) => return NextTask::Bandit(task),
+            Err(reason) => reason,
+        },
+    };
+    let reason = match &st.loop_error {
+        Some(e) => format!("{reason}; the coordinator is retrying after an error: {e}"),
+        None => reason,
+    };
+    NextTask::Wait { reason }
+}
+
+/// The task of `client_id` in a started run, or why it waits.
+fn task_of(
+    config: &FederationConfig,
+    settings: &BanditSettings,
+    st: &FedState,
+    run: &Run,
+    client_id: &str,
+) -> Result<BanditTask, String> {
+    if run.rounds > 0 && run.synced(client_id) < run.rounds {
+        return Ok(run.sync_task(client_id));
+    }
+    if let Some(r) = &run.open {
+        let k = r.round;
+        return match r.phase {
+            Phase::Report if !r.reports.contains_key(client_id) => {
+                Ok(BanditTask::Report { round: k })
+            }
+            Phase::Report => Err(format!(
+                "round {k}: cost report received; waiting for the other clients"
+            )),
+            Phase::Settling => Err(format!("round {k}: selecting the participants")),
+            Phase::Upload
+                if !r.uploads.contains_key(client_id)
+                    && r.settlement
+                        .as_ref()
+                        .is_some_and(|s| s.is_selected(client_id)) =>
+            {
+                Ok(BanditTask::Upload { round: k })
+            }
+            Phase::Upload => Err(format!(
+                "round {k}: waiting for the selected clients' uploads"
+            )),
+            Phase::Committing => Err(format!("round {k}: committing")),
+        };
+    }
+    if run.round_due() {
+        return Err(format!(
+            "step {} triggered communication round {}; it opens shortly",
+            run.step,
+            run.rounds + 1
+        ));
+    }
+    if run.sync_deadline.is_some() {
+        return Err(format!(
+            "round {}: waiting for every client to download the aggregate",
+            run.rounds
+        ));
+    }
+    if run.step >= settings.horizon {
+        return Err(format!(
+            "the run reached its horizon ({} steps); finishing",
+            settings.horizon
+        ));
+    }
+    let step = run.step + 1;
+    match active_id(config, settings, st, step) {
+        Some(active) if active == client_id => Ok(BanditTask::Play {
+            step,
+            t_last: run.t_last,
+        }),
+        Some(active) => Err(format!("step {step} is {active}'s turn")),
+        None => Err(format!("step {step} has no active client")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -118,6 +118,7 @@ fn round_record(round: u64, model_version: u64, participants: &[&str]) -> RoundR
         reputations: Vec::new(),
         reputation_threshold: None,
         fair_reward: None,
+        bandit: None,
         valuation_stop: "exact".into(),
     }
 }
@@ -219,7 +220,7 @@ pub fn commit_round(s: &Store) {
     after.committed_rounds = 1;
     after.model_version = 1;
     let r0 = round_record(0, 1, &["a", "b"]);
-    s.commit_round("f", &r0, &[0.5, -0.5], &[], &after)
+    s.commit_round("f", &r0, &[0.5, -0.5], &[], &[], &after)
         .expect("commit");
     assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0.clone()]);
     assert_eq!(s.get_model("f", 1).expect("model"), Some(vec![0.5, -0.5]));
@@ -230,7 +231,7 @@ pub fn commit_round(s: &Store) {
     replay.model_version = 2;
     let r0b = round_record(0, 2, &["c"]);
     assert_conflict(
-        s.commit_round("f", &r0b, &[9.0, 9.0], &[], &replay),
+        s.commit_round("f", &r0b, &[9.0, 9.0], &[], &[], &replay),
         "round/f/",
     );
     assert_eq!(s.list_rounds("f").expect("rounds"), vec![r0.clone()]);
@@ -240,9 +241,9 @@ pub fn commit_round(s: &Store) {
     // Rounds list in numeric order whatever the commit order.
     let r10 = round_record(10, 11, &["a"]);
     let r2 = round_record(2, 3, &["b"]);
-    s.commit_round("f", &r10, &[1.0, 1.0], &[], &fed("f"))
+    s.commit_round("f", &r10, &[1.0, 1.0], &[], &[], &fed("f"))
         .expect("commit 10");
-    s.commit_round("f", &r2, &[2.0, 2.0], &[], &fed("f"))
+    s.commit_round("f", &r2, &[2.0, 2.0], &[], &[], &fed("f"))
         .expect("commit 2");
     assert_eq!(s.get_round("f", 10).expect("read"), Some(r10.clone()));
     assert_eq!(s.get_round("f", 3).expect("read"), None);
@@ -276,7 +277,7 @@ pub fn commit_round_with_client_models(s: &Store) {
         }],
     });
     let models: [(String, &[f32]); 2] = [("a/1".into(), &[1.0, 2.0]), ("b".into(), &[-3.0, 0.5])];
-    s.commit_round("f", &r0, &[0.5, 0.5], &models, &after)
+    s.commit_round("f", &r0, &[0.5, 0.5], &models, &[], &after)
         .expect("commit");
     assert_eq!(
         s.get_client_model("f", "a/1", 1).expect("a"),
@@ -294,10 +295,66 @@ pub fn commit_round_with_client_models(s: &Store) {
     let r0b = round_record(0, 2, &["b"]);
     let replay: [(String, &[f32]); 1] = [("b".into(), &[9.0, 9.0])];
     assert_conflict(
-        s.commit_round("f", &r0b, &[9.0, 9.0], &replay, &after),
+        s.commit_round("f", &r0b, &[9.0, 9.0], &replay, &[], &after),
         "round/f/",
     );
     assert_eq!(s.get_client_model("f", "b", 2).expect("b2"), None);
+}
+
+/// A round's ledger entries are committed with the round or not at all: a replayed
+/// round commit writes none of its entries, an invalid entry fails the whole commit and
+/// an entry of the round already stored makes the commit conflict.
+pub fn commit_round_with_ledger(s: &Store) {
+    s.create_federation(&fed("f"), &[0.0]).expect("create");
+    let mut after = fed("f");
+    after.committed_rounds = 1;
+    after.model_version = 1;
+    let r1 = round_record(1, 1, &["a", "b"]);
+    let entries = [
+        entry("f", 1, "b", LedgerKind::Penalty, 0.5),
+        entry("f", 1, "a", LedgerKind::Penalty, 0.25),
+        entry("f", 1, "a", LedgerKind::Prize, 2.0),
+    ];
+    let mut bad = entries.clone();
+    bad[1].amount = f64::NAN;
+    match s.commit_round("f", &r1, &[1.0], &[], &bad, &after) {
+        Err(StoreError::InvalidLedgerEntry { reason, .. }) => {
+            assert!(reason.contains("NaN"), "{reason}")
+        }
+        other => panic!("expected an invalid entry, got {other:?}"),
+    }
+    assert_eq!(
+        s.list_rounds("f").expect("rounds"),
+        vec![],
+        "nothing written"
+    );
+    s.commit_round("f", &r1, &[1.0], &[], &entries, &after)
+        .expect("commit");
+    let mut sorted = entries.to_vec();
+    sorted.sort_by(|x, y| (&x.client_id, x.kind).cmp(&(&y.client_id, y.kind)));
+    assert_eq!(s.list_ledger("f").expect("ledger"), sorted);
+    assert_eq!(s.list_rounds("f").expect("rounds"), vec![r1.clone()]);
+    // The same round again: refused, its (different) entries not written.
+    let mut other = entries.clone();
+    other[0].amount = 9.0;
+    assert_conflict(
+        s.commit_round("f", &r1, &[2.0], &[], &other, &after),
+        "round/f/",
+    );
+    assert_eq!(s.list_ledger("f").expect("ledger"), sorted);
+    // A stored entry of a round not yet committed makes that round's commit conflict.
+    let early = entry("f", 2, "a", LedgerKind::Prize, 1.0);
+    assert_eq!(
+        s.record_ledger(std::slice::from_ref(&early), None)
+            .expect("record"),
+        1
+    );
+    let r2 = round_record(2, 2, &["a"]);
+    assert_conflict(
+        s.commit_round("f", &r2, &[3.0], &[], &[early], &after),
+        "ledger/f/",
+    );
+    assert_eq!(s.get_round("f", 2).expect("read"), None);
 }
 
 /// Vertical embeddings list per round by client id; a party's second send conflicts and
@@ -374,7 +431,7 @@ pub fn reopen(open: fn(&Path) -> Result<Store, StoreError>) {
         s.add_client("f", &client("one", 1)).expect("add");
         s.put_update("f", &update("c1", 0), &[0.25, 0.5])
             .expect("put");
-        s.commit_round("f", &r0, &[1.25, 2.5], &[], &after)
+        s.commit_round("f", &r0, &[1.25, 2.5], &[], &[], &after)
             .expect("commit");
         s.put_update("f", &update("c1", 1), &[3.0, 4.0])
             .expect("put round 1");
@@ -394,7 +451,7 @@ pub fn reopen(open: fn(&Path) -> Result<Store, StoreError>) {
     );
     // Uniqueness survives the restart too.
     assert_conflict(
-        s.commit_round("f", &r0, &[0.0, 0.0], &[], &after),
+        s.commit_round("f", &r0, &[0.0, 0.0], &[], &[], &after),
         "round/f/",
     );
     assert_conflict(s.put_update("f", &update("c1", 1), &[0.0]), "update/f/");
@@ -699,6 +756,10 @@ macro_rules! conformance {
             #[test]
             fn commit_round_with_client_models() {
                 super::commit_round_with_client_models(&$fixture.store)
+            }
+            #[test]
+            fn commit_round_with_ledger() {
+                super::commit_round_with_ledger(&$fixture.store)
             }
             #[test]
             fn vertical_rounds() {

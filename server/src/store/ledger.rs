@@ -6,7 +6,9 @@
 //! treats an entry that is already stored with the same content as a no-op (so a request
 //! replayed after a crash between computing and recording payments is harmless) and
 //! refuses one stored with different content ([`StoreError::LedgerConflict`]), so nothing
-//! is ever paid twice or overwritten.
+//! is ever paid twice or overwritten. Entries a round produces (FACT's penalties and
+//! prizes) are instead written by [`Store::commit_round`] in the round's own batch: they
+//! exist exactly when the round does.
 
 use std::collections::BTreeMap;
 
@@ -162,6 +164,47 @@ pub fn totals(entries: &[LedgerEntry]) -> BTreeMap<String, Totals> {
     out
 }
 
+/// `entries` by key after checking each one ([`LedgerEntry::validate`]); an entry repeated
+/// with the same content counts once, one repeated with different content is a
+/// [`StoreError::LedgerConflict`].
+fn unique_entries<'a>(
+    entries: &'a [LedgerEntry],
+    fed: Option<&FederationRecord>,
+) -> Result<BTreeMap<Vec<u8>, &'a LedgerEntry>, StoreError> {
+    let mut unique: BTreeMap<Vec<u8>, &LedgerEntry> = BTreeMap::new();
+    for entry in entries {
+        let key = entry.key();
+        entry.validate(&key, fed)?;
+        if let Some(first) = unique.get(&key) {
+            if !first.same_content(entry) {
+                return Err(StoreError::LedgerConflict {
+                    key: kv::display_key(&key),
+                    reason: format!("repeated in the batch: {}", entry.difference(first)),
+                });
+            }
+        } else {
+            unique.insert(key, entry);
+        }
+    }
+    Ok(unique)
+}
+
+/// Adds the entries of a round being committed to `batch` (the round commit of
+/// [`Store::commit_round`]): each must be new, so the batch fails with
+/// [`StoreError::Conflict`] if one is already stored. A round commits once, so its
+/// entries are written exactly when the round is, in the same atomic batch.
+pub(super) fn with_ledger(
+    mut batch: Batch,
+    entries: &[LedgerEntry],
+    fed: &FederationRecord,
+) -> Result<Batch, StoreError> {
+    for (key, entry) in unique_entries(entries, Some(fed))? {
+        let value = encode(&key, entry)?;
+        batch = batch.insert_new(key, value);
+    }
+    Ok(batch)
+}
+
 /// How many times a batch is re-checked when another writer stored one of its keys
 /// between the check and the commit.
 const COMMIT_ATTEMPTS: usize = 3;
@@ -180,21 +223,7 @@ impl Store {
         entries: &[LedgerEntry],
         fed: Option<&FederationRecord>,
     ) -> Result<usize, StoreError> {
-        let mut unique: BTreeMap<Vec<u8>, &LedgerEntry> = BTreeMap::new();
-        for entry in entries {
-            let key = entry.key();
-            entry.validate(&key, fed)?;
-            if let Some(first) = unique.get(&key) {
-                if !first.same_content(entry) {
-                    return Err(StoreError::LedgerConflict {
-                        key: kv::display_key(&key),
-                        reason: format!("repeated in the batch: {}", entry.difference(first)),
-                    });
-                }
-            } else {
-                unique.insert(key, entry);
-            }
-        }
+        let unique = unique_entries(entries, fed)?;
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -31,6 +31,12 @@
 //! | `vstep/<federation>/<seq>`                  | async vertical: [`VerticalStepRecord`] (JSON) |
 //! | `vsnap/<federation>/<round>`                | async vertical: embedding table snapshot |
 //! | `ledger/<federation>/<round>/<client_id>/<kind>` | [`LedgerEntry`] (JSON), written once |
+//! | `bstep/<federation>/<step>`                 | bandit: [`BanditStepRecord`] (JSON), the step log |
+//! | `bprog/<federation>`                        | bandit: the last logged step    |
+//! | `breport/<federation>/<round>/<client_id>`  | bandit: cost + Gram update (LE f64) |
+//! | `bupload/<federation>/<round>/<client_id>`  | bandit: reward vector `db` (LE f64) |
+//! | `bsync/<federation>/<client_id>`            | bandit: last round downloaded   |
+//! | `bagg/<federation>`                         | bandit: aggregate `[V_g, b_g]` (LE f64) |
 //!
 //! In a vertical federation the "model" of version `t` is the server's bias after round
 //! `t`, and the round after the last step holds the embeddings of the evaluation pass.
@@ -39,6 +45,7 @@
 //! (parties in enrollment order, each `N x C` row-major LE f32), committed together with
 //! step `r x snapshot_every`.
 
+pub mod bandit;
 pub mod kv;
 pub mod ledger;
 pub mod memory;
@@ -57,6 +64,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::StoreKind;
+pub use bandit::{BanditReport, BanditRound, BanditStepRecord, ClientBanditReport};
 pub use kv::{Batch, KvBackend};
 pub use ledger::{LedgerEntry, LedgerKind, Totals};
 pub use records::{
@@ -116,12 +124,12 @@ pub enum StoreError {
 /// Builders of the keys documented in the module docs.
 mod keys {
     /// Escapes a string component so it cannot contain `/`.
-    fn part(s: &str) -> String {
+    pub(super) fn part(s: &str) -> String {
         s.replace('%', "%25").replace('/', "%2F")
     }
 
     /// A number whose byte order is its numeric order.
-    fn num(n: u64) -> String {
+    pub(super) fn num(n: u64) -> String {
         format!("{n:020}")
     }
 
@@ -441,16 +449,19 @@ impl Store {
 
     /// Commits a round in ONE atomic, durable batch: the round record, the new model (as
     /// version `round.model_version`), each `(client_id, model)` of `client_models` as
-    /// that client's own model of the same version (reward policies; empty otherwise) and the
-    /// federation's record `fed` (which must be `federation`'s).
-    /// [`StoreError::Conflict`] if the round was already committed, in which case
-    /// nothing changes.
+    /// that client's own model of the same version (reward policies; empty otherwise), the
+    /// round's ledger entries `ledger` (FACT penalties and prizes; empty otherwise, each
+    /// new) and the federation's record `fed` (which must be `federation`'s).
+    /// [`StoreError::Conflict`] if the round was already committed (or one of `ledger`
+    /// is already stored), in which case nothing changes; an entry the ledger cannot hold
+    /// fails with [`StoreError::InvalidLedgerEntry`], writing nothing.
     pub fn commit_round(
         &self,
         federation: &str,
         round: &RoundRecord,
         new_model: &[f32],
         client_models: &[(String, &[f32])],
+        ledger: &[LedgerEntry],
         fed: &FederationRecord,
     ) -> Result<(), StoreError> {
         let mut batch = with_round(Batch::new(), federation, round, new_model)?;
@@ -460,6 +471,7 @@ impl Store {
                 fedval_core::tensor::to_le_bytes(model),
             );
         }
+        let batch = ledger::with_ledger(batch, ledger, fed)?;
         self.kv
             .commit(with_record(batch, keys::federation(federation), fed)?)
     }

@@ -143,6 +143,10 @@ pub struct RoundRecord {
     /// Fair-reward federations only: what the policy did this round.
     #[serde(default)]
     pub fair_reward: Option<FairRewardRound>,
+    /// Bandit federations only: the communication round (a bandit federation's `round`
+    /// counts communication rounds; `model_version` is unused, 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<super::bandit::BanditRound>,
 }
 
 impl RoundRecord {
@@ -178,6 +182,7 @@ impl RoundRecord {
             reputations: Vec::new(),
             reputation_threshold: None,
             fair_reward: None,
+            bandit: None,
         }
     }
 }
@@ -364,6 +369,7 @@ mod tests {
                     probability: Some(0.75),
                 }],
             }),
+            bandit: None,
         };
         let json = serde_json::to_vec(&rec).expect("encodes");
         let back: RoundRecord = serde_json::from_slice(&json).expect("decodes");
