@@ -121,6 +121,8 @@ pub fn round_to_proto(r: &RoundRecord) -> pb::RoundRecord {
                     gain: c.gain,
                 })
                 .collect(),
+            trigger_statistic: None,
+            void_reason: String::new(),
         }),
         reputations: r
             .reputations
