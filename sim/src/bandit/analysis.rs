@@ -424,6 +424,8 @@ pub(crate) mod tests {
             records.push(pb::RoundRecord {
                 round,
                 bandit: Some(pb::BanditRound {
+                    trigger_statistic: None,
+                    void_reason: String::new(),
                     step: t,
                     trigger_client: "b".into(),
                     selected: vec!["a".into()],

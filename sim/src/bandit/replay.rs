@@ -373,6 +373,8 @@ mod tests {
             records.push(pb::RoundRecord {
                 round,
                 bandit: Some(pb::BanditRound {
+                    trigger_statistic: None,
+                    void_reason: String::new(),
                     step: t,
                     trigger_client: format!("id{i}"),
                     selected: sel.selected.iter().map(|j| format!("id{j}")).collect(),
