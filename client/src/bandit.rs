@@ -13,13 +13,11 @@ use fedval_core::incentive::truthfedban::LinUcbClient;
 use fedval_proto::v1;
 use tonic::transport::Channel;
 
-use crate::client::{CALL_TIMEOUT, Heartbeat, Session};
+use crate::client::{CALL_TIMEOUT, Session, node_identity};
 use crate::error::ClientError;
 use crate::task::BanditTask;
 
-/// Largest context dimension a client accepts (the server's limit: a `d x d` Gram update
-/// travels in one message).
-pub const MAX_BANDIT_DIM: usize = 256;
+pub use fedval_core::incentive::environment::MAX_BANDIT_DIM;
 
 /// How a bandit client runs LinUCB and its trigger, from enrollment (mirrors
 /// `fedval.v1.BanditAgent`, validated).
@@ -191,50 +189,17 @@ impl BanditClient {
         Ok(Self { session, agent })
     }
 
-    /// Re-uses an identity from an earlier [`enroll`](Self::enroll); nothing is sent.
-    pub fn resume(
-        channel: Channel,
-        federation_id: &str,
-        client_id: &str,
-        token: &str,
+    node_identity!(
+        "client",
         agent: BanditAgentSettings,
-    ) -> Result<Self, ClientError> {
-        Ok(Self {
-            session: Session::resume(channel, federation_id, client_id, token)?,
-            agent,
-        })
-    }
-
-    /// This client's id in the federation.
-    pub fn client_id(&self) -> &str {
-        self.session.client_id()
-    }
-
-    /// The federation this client belongs to.
-    pub fn federation_id(&self) -> &str {
-        self.session.federation_id()
-    }
-
-    /// The bearer token (a secret: store it like a password).
-    pub fn token(&self) -> &str {
-        self.session.token()
-    }
-
-    /// How this client's LinUCB agent and trigger run.
-    pub fn agent(&self) -> &BanditAgentSettings {
-        &self.agent
-    }
+        "How this client's LinUCB agent and trigger run."
+    );
 
     /// Asks what to do next, checked against the agent's dimension
     /// ([`BanditTask::from_proto`]).
     pub async fn pull_task(&mut self) -> Result<BanditTask, ClientError> {
         let task = self.session.pull_task().await?;
         BanditTask::from_proto(task, self.agent.dim)
-    }
-
-    /// Tells the server this client is alive; returns the federation's current round.
-    pub async fn heartbeat(&mut self) -> Result<Heartbeat, ClientError> {
-        self.session.heartbeat().await
     }
 
     /// Sends `answer` and returns once the server acknowledged it as durable. Repeating

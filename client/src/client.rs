@@ -220,6 +220,60 @@ pub(crate) fn check_sha256(bytes: &[u8], announced: &str) -> Result<(), String> 
     }
 }
 
+/// The members every node type ([`FederationClient`], [`VerticalClient`](crate::VerticalClient),
+/// [`BanditClient`](crate::BanditClient)) shares, written once: `resume`, the identity
+/// accessors, the accessor of its description and `heartbeat`. The type wraps a
+/// `session: Session` and one description `$field: $ty` from its enrollment answer,
+/// returned by `$field()` (documented by `$what`); `$node` names the node in the docs.
+macro_rules! node_identity {
+    ($node:literal, $field:ident: $ty:ty, $what:literal) => {
+        /// Re-uses an identity obtained by an earlier [`enroll`](Self::enroll) (e.g. after a
+        /// restart), with the description that enrollment returned. Nothing is sent: a
+        /// wrong token shows up as
+        /// [`ClientError::Unauthenticated`](crate::ClientError::Unauthenticated) on the
+        /// first call.
+        pub fn resume(
+            channel: ::tonic::transport::Channel,
+            federation_id: &str,
+            client_id: &str,
+            token: &str,
+            $field: $ty,
+        ) -> Result<Self, $crate::ClientError> {
+            let session =
+                $crate::client::Session::resume(channel, federation_id, client_id, token)?;
+            Ok(Self { session, $field })
+        }
+
+        #[doc = concat!("This ", $node, "'s id in the federation.")]
+        pub fn client_id(&self) -> &str {
+            self.session.client_id()
+        }
+
+        #[doc = concat!("The federation this ", $node, " belongs to.")]
+        pub fn federation_id(&self) -> &str {
+            self.session.federation_id()
+        }
+
+        /// The bearer token (a secret: store it like a password).
+        pub fn token(&self) -> &str {
+            self.session.token()
+        }
+
+        #[doc = $what]
+        pub fn $field(&self) -> &$ty {
+            &self.$field
+        }
+
+        #[doc = concat!(
+            "Tells the server this ", $node, " is alive; returns the federation's current round."
+        )]
+        pub async fn heartbeat(&mut self) -> Result<$crate::Heartbeat, $crate::ClientError> {
+            self.session.heartbeat().await
+        }
+    };
+}
+pub(crate) use node_identity;
+
 /// A node enrolled in a horizontal federation: its session (identity and bearer token) plus the model it trains.
 #[derive(Clone, Debug)]
 pub struct FederationClient {
@@ -301,41 +355,7 @@ impl FederationClient {
         Ok(Self { session, model })
     }
 
-    /// Re-uses an identity obtained by an earlier [`enroll`](Self::enroll) (e.g. after a
-    /// restart). Nothing is sent: a wrong token shows up as
-    /// [`ClientError::Unauthenticated`] on the first call.
-    pub fn resume(
-        channel: Channel,
-        federation_id: &str,
-        client_id: &str,
-        token: &str,
-        model: ModelSpec,
-    ) -> Result<Self, ClientError> {
-        Ok(Self {
-            session: Session::resume(channel, federation_id, client_id, token)?,
-            model,
-        })
-    }
-
-    /// This node's id in the federation.
-    pub fn client_id(&self) -> &str {
-        self.session.client_id()
-    }
-
-    /// The federation this node belongs to.
-    pub fn federation_id(&self) -> &str {
-        self.session.federation_id()
-    }
-
-    /// The bearer token (a secret: store it like a password).
-    pub fn token(&self) -> &str {
-        self.session.token()
-    }
-
-    /// The federation's model architecture.
-    pub fn model(&self) -> &ModelSpec {
-        &self.model
-    }
+    node_identity!("node", model: ModelSpec, "The federation's model architecture.");
 
     /// Asks what to do next: train a round, wait, or stop.
     pub async fn pull_task(&mut self) -> Result<Task, ClientError> {
@@ -464,11 +484,6 @@ impl FederationClient {
             round: ack.round,
             accepted: ack.accepted,
         })
-    }
-
-    /// Tells the server this node is alive; returns the federation's current round.
-    pub async fn heartbeat(&mut self) -> Result<Heartbeat, ClientError> {
-        self.session.heartbeat().await
     }
 }
 

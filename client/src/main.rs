@@ -104,6 +104,20 @@ impl Args {
     fn data_path(&self) -> &Path {
         self.data.as_deref().unwrap_or(Path::new(""))
     }
+
+    /// The enrollment secret and name; without them an error says they are needed to
+    /// `enroll` (e.g. "enroll a bandit client").
+    fn credentials(&self, enroll: &str) -> anyhow::Result<(&str, &str)> {
+        match (&self.secret, &self.name) {
+            (Some(secret), Some(name)) => Ok((secret, name)),
+            _ => bail!("--secret and --name are needed to {enroll}"),
+        }
+    }
+
+    /// The context of a refused enrollment.
+    fn enrollment_failed(&self) -> String {
+        format!("cannot enroll in federation {:?}", self.federation)
+    }
 }
 
 fn main() -> ExitCode {
@@ -142,11 +156,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             FederationClient::resume(channel, &args.federation, client_id, token, model.clone())?
         }
         (None, None, None) => {
-            let (Some(secret), Some(name)) = (&args.secret, &args.name) else {
-                bail!(
-                    "--secret and --name are needed to enroll (or resume with --client-id, --token and --model)"
-                );
-            };
+            let (secret, name) =
+                args.credentials("enroll (or resume with --client-id, --token and --model)")?;
             let samples = data.len() as u64;
             let enrolled = match args.cost_per_point {
                 Some(cost) => {
@@ -164,8 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     FederationClient::enroll(channel, &args.federation, secret, name, samples).await
                 }
             };
-            let client = enrolled
-                .with_context(|| format!("cannot enroll in federation {:?}", args.federation))?;
+            let client = enrolled.with_context(|| args.enrollment_failed())?;
             println!(
                 "enrolled in {} as client {}",
                 args.federation,
@@ -214,14 +224,12 @@ async fn run_vertical(args: &Args) -> anyhow::Result<()> {
         block.nrows(),
         block.ncols()
     );
-    let (Some(secret), Some(name)) = (&args.secret, &args.name) else {
-        bail!("--secret and --name are needed to enroll a vertical party");
-    };
+    let (secret, name) = args.credentials("enroll a vertical party")?;
     let num_features = u32::try_from(block.ncols()).context("too many feature columns")?;
     let channel = connect(&args.server).await?;
     let mut client = VerticalClient::enroll(channel, &args.federation, secret, name, num_features)
         .await
-        .with_context(|| format!("cannot enroll in federation {:?}", args.federation))?;
+        .with_context(|| args.enrollment_failed())?;
     let party = client.party().clone();
     println!(
         "enrolled in {} as party {}: {} embedding, {} outputs, {} training",
@@ -257,13 +265,11 @@ async fn run_vertical(args: &Args) -> anyhow::Result<()> {
 
 /// `--bandit`: enrolls in a bandit federation and plays on a synthetic linear environment.
 async fn run_bandit(args: &Args) -> anyhow::Result<()> {
-    let (Some(secret), Some(name)) = (&args.secret, &args.name) else {
-        bail!("--secret and --name are needed to enroll a bandit client");
-    };
+    let (secret, name) = args.credentials("enroll a bandit client")?;
     let channel = connect(&args.server).await?;
     let mut client = BanditClient::enroll(channel, &args.federation, secret, name)
         .await
-        .with_context(|| format!("cannot enroll in federation {:?}", args.federation))?;
+        .with_context(|| args.enrollment_failed())?;
     let agent = client.agent().clone();
     println!(
         "enrolled in {} as bandit client {}: d = {}, lambda = {}, alpha = {}, threshold = {}, horizon {} steps",
@@ -443,24 +449,27 @@ mod tests {
         );
     }
 
+    /// The arguments of an enrollment without data.
+    const ENROLL: [&str; 7] = [
+        "fedval-client",
+        "--federation",
+        "f",
+        "--secret",
+        "s",
+        "--name",
+        "n",
+    ];
+
     #[test]
     fn cost_per_point_is_parsed_for_horizontal_enrollments_only() {
-        let base = [
-            "fedval-client",
-            "--federation",
-            "f",
-            "--secret",
-            "s",
-            "--name",
-            "n",
-            "--data",
-            "x.csv",
-        ];
+        let base: Vec<&str> = ENROLL.iter().chain(&["--data", "x.csv"]).copied().collect();
         let args = Args::try_parse_from(base.iter().chain(&["--cost-per-point", "2.5e-5"]))
             .expect("parses");
         assert_eq!(args.cost_per_point, Some(2.5e-5));
         assert_eq!(
-            Args::try_parse_from(base).expect("parses").cost_per_point,
+            Args::try_parse_from(base.iter())
+                .expect("parses")
+                .cost_per_point,
             None
         );
         assert!(
@@ -471,25 +480,19 @@ mod tests {
 
     #[test]
     fn bandit_clients_need_no_data_file() {
-        let base = [
-            "fedval-client",
-            "--federation",
-            "f",
-            "--secret",
-            "s",
-            "--name",
-            "n",
-        ];
-        let args = Args::try_parse_from(base.iter().chain(&["--bandit", "--report-factor", "1.5"]))
-            .expect("parses");
+        let args =
+            Args::try_parse_from(ENROLL.iter().chain(&["--bandit", "--report-factor", "1.5"]))
+                .expect("parses");
         assert!(args.bandit && args.data.is_none());
         assert_eq!((args.arms, args.report_factor), (10, 1.5));
         assert!(
-            Args::try_parse_from(base).is_err(),
+            Args::try_parse_from(ENROLL).is_err(),
             "--data is required otherwise"
         );
-        assert!(Args::try_parse_from(base.iter().chain(&["--data", "x", "--arms", "3"])).is_err());
-        assert!(Args::try_parse_from(base.iter().chain(&["--bandit", "--vertical"])).is_err());
+        assert!(
+            Args::try_parse_from(ENROLL.iter().chain(&["--data", "x", "--arms", "3"])).is_err()
+        );
+        assert!(Args::try_parse_from(ENROLL.iter().chain(&["--bandit", "--vertical"])).is_err());
     }
 
     #[test]

@@ -596,6 +596,23 @@ mod tests {
         }
     }
 
+    /// A plain train task of `logreg()` (no FACT requirement, no deadline).
+    fn train(round: u64, model_version: u64) -> TrainTask {
+        TrainTask {
+            round,
+            model_version,
+            params: TrainParams {
+                local_epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.1,
+                seed: 0,
+            },
+            deadline: Duration::ZERO,
+            model: logreg(),
+            required_points: None,
+        }
+    }
+
     #[test]
     fn tasks_round_trip_through_the_wire_form() {
         let tasks = [
@@ -682,19 +699,7 @@ mod tests {
     #[test]
     fn required_points_are_checked() {
         let with = |required: f64| {
-            let mut wire = v1::Task::from(Task::Train(TrainTask {
-                round: 8,
-                model_version: 7,
-                params: TrainParams {
-                    local_epochs: 1,
-                    batch_size: 8,
-                    learning_rate: 0.1,
-                    seed: 0,
-                },
-                deadline: Duration::ZERO,
-                model: logreg(),
-                required_points: None,
-            }));
+            let mut wire = v1::Task::from(Task::Train(train(8, 7)));
             if let Some(v1::task::Kind::Train(t)) = &mut wire.kind {
                 t.required_points = required;
             }
@@ -715,19 +720,7 @@ mod tests {
 
     #[test]
     fn train_task_without_model_uses_the_enrolled_one() {
-        let mut wire = v1::Task::from(Task::Train(TrainTask {
-            round: 1,
-            model_version: 0,
-            params: TrainParams {
-                local_epochs: 1,
-                batch_size: 8,
-                learning_rate: 0.1,
-                seed: 0,
-            },
-            deadline: Duration::ZERO,
-            model: logreg(),
-            required_points: None,
-        }));
+        let mut wire = v1::Task::from(Task::Train(train(1, 0)));
         if let Some(v1::task::Kind::Train(t)) = &mut wire.kind {
             t.model = None;
         }
@@ -797,20 +790,8 @@ mod tests {
 
     #[test]
     fn vertical_nodes_refuse_train_tasks_and_malformed_embed_tasks() {
-        let train = v1::Task::from(Task::Train(TrainTask {
-            round: 5,
-            model_version: 4,
-            params: TrainParams {
-                local_epochs: 1,
-                batch_size: 8,
-                learning_rate: 0.1,
-                seed: 0,
-            },
-            deadline: Duration::ZERO,
-            model: logreg(),
-            required_points: None,
-        }));
-        let err = VerticalTask::from_proto(train, 3).unwrap_err();
+        let wire = v1::Task::from(Task::Train(train(5, 4)));
+        let err = VerticalTask::from_proto(wire, 3).unwrap_err();
         assert_eq!(
             err.to_string(),
             "protocol error: train task for round 5: this is a vertical node; horizontal \

@@ -14,6 +14,7 @@
 
 use fedval_core::data::Dataset;
 use fedval_core::model::{ModelSpec, TrainConfig};
+use fedval_core::seed::mix_seed;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -206,8 +207,8 @@ impl Trainer for ModelTrainer {
     /// (and honest) it trains on, and claims, every local sample; with one, on the first
     /// samples [`points`] picks.
     ///
-    /// The RNG is `ChaCha8Rng` seeded from (node seed, round, server seed), so the same
-    /// inputs always give the same update.
+    /// The RNG is `ChaCha8Rng` seeded with [`mix_seed`]`(node seed, [round, server seed])`,
+    /// so the same inputs always give the same update.
     fn train(&mut self, global: &[f32], task: &TrainTask) -> Result<TrainOutput, TrainerError> {
         if task.model != self.spec {
             return Err(format!(
@@ -223,7 +224,8 @@ impl Trainer for ModelTrainer {
             learning_rate: task.params.learning_rate,
             l2: 0.0,
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.seed, task.round, task.params.seed));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(mix_seed(self.seed, &[task.round, task.params.seed]));
         let points = points(task.required_points, self.data.len(), &self.contribution);
         let m = if points.trained < self.data.len() {
             let first: Vec<usize> = (0..points.trained).collect();
@@ -251,18 +253,6 @@ impl Trainer for ModelTrainer {
             ("accuracy".to_owned(), m.accuracy),
         ])
     }
-}
-
-/// Combines the node seed, the round and the server's seed into one RNG seed (SplitMix64
-/// finaliser applied along the chain, so nearby inputs give unrelated seeds).
-fn mix_seed(node: u64, round: u64, server: u64) -> u64 {
-    fn splitmix(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    splitmix(splitmix(splitmix(node) ^ round) ^ server)
 }
 
 #[cfg(test)]
@@ -304,6 +294,28 @@ mod tests {
         }
     }
 
+    /// `global` trained by hand on `data` as [`task`]`(round, server_seed)` asks, with the
+    /// documented seed mix: the update `local - global` and the training metrics.
+    fn by_hand(
+        global: &[f32],
+        data: &Dataset,
+        node_seed: u64,
+        round: u64,
+        server_seed: u64,
+    ) -> (Vec<f32>, fedval_core::model::EvalMetrics) {
+        let mut local = global.to_vec();
+        let cfg = TrainConfig {
+            epochs: 3,
+            batch_size: 2,
+            learning_rate: 0.5,
+            l2: 0.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(node_seed, &[round, server_seed]));
+        let m = spec().train(&mut local, data, &cfg, &mut rng).unwrap();
+        let update = local.iter().zip(global).map(|(l, g)| l - g).collect();
+        (update, m)
+    }
+
     #[test]
     fn update_is_trained_minus_global() {
         let global = spec().init_params(11);
@@ -313,18 +325,7 @@ mod tests {
             .train(&global, &t)
             .unwrap();
 
-        // Train the same copy by hand with the documented seed mix.
-        let mut local = global.clone();
-        let cfg = TrainConfig {
-            epochs: 3,
-            batch_size: 2,
-            learning_rate: 0.5,
-            l2: 0.0,
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(3, 4, 9));
-        let m = spec().train(&mut local, &data(), &cfg, &mut rng).unwrap();
-        let expected: Vec<f32> = local.iter().zip(&global).map(|(l, g)| l - g).collect();
-
+        let (expected, m) = by_hand(&global, &data(), 3, 4, 9);
         assert_eq!(out.update, expected);
         assert!(
             out.update.iter().any(|&d| d != 0.0),
@@ -357,59 +358,12 @@ mod tests {
         assert_ne!(run(7, &task(2, 6)), base, "server seed ignored");
     }
 
+    /// `(required, available, contribution) -> (trained, claimed)`: honest nodes train on
+    /// and claim `ceil(m*)` (all of it without a requirement), capped by their data and at
+    /// least one point; partial nodes train on a fraction of that and claim as told.
     #[test]
-    fn honest_nodes_train_on_the_required_points_capped_by_their_data() {
+    fn points_follow_the_requirement_the_data_and_the_contribution() {
         let honest = Contribution::Honest;
-        let p = |required, available| points(required, available, &honest);
-        assert_eq!(
-            p(None, 6),
-            Points {
-                trained: 6,
-                claimed: 6
-            }
-        );
-        // ceil(m*): 143.2 points need 144.
-        assert_eq!(
-            p(Some(143.2), 500),
-            Points {
-                trained: 144,
-                claimed: 144
-            }
-        );
-        assert_eq!(
-            p(Some(144.0), 500),
-            Points {
-                trained: 144,
-                claimed: 144
-            }
-        );
-        // More than the node holds: all of it, and it says so.
-        assert_eq!(
-            p(Some(143.2), 100),
-            Points {
-                trained: 100,
-                claimed: 100
-            }
-        );
-        assert_eq!(
-            p(Some(1e300), 7),
-            Points {
-                trained: 7,
-                claimed: 7
-            }
-        );
-        // Never fewer than one point.
-        assert_eq!(
-            p(Some(0.2), 7),
-            Points {
-                trained: 1,
-                claimed: 1
-            }
-        );
-    }
-
-    #[test]
-    fn partial_nodes_train_a_fraction_and_claim_as_told() {
         let free_rider = Contribution::Partial {
             fraction: 0.2,
             claim: Claim::Required,
@@ -418,48 +372,42 @@ mod tests {
             fraction: 0.2,
             claim: Claim::Trained,
         };
-        // 20% of ceil(143.2) = 144 is 28.8 -> 29 points.
-        assert_eq!(
-            points(Some(143.2), 500, &free_rider),
-            Points {
-                trained: 29,
-                claimed: 144
-            }
-        );
-        assert_eq!(
-            points(Some(143.2), 500, &shirker),
-            Points {
-                trained: 29,
-                claimed: 29
-            }
-        );
-        // Without a requirement the fraction is of the local data; the claim is all of it.
-        assert_eq!(
-            points(None, 10, &free_rider),
-            Points {
-                trained: 2,
-                claimed: 10
-            }
-        );
-        // Capped by the data, at least one point.
-        assert_eq!(
-            points(Some(1000.0), 50, &shirker),
-            Points {
-                trained: 50,
-                claimed: 50
-            }
-        );
         let tiny = Contribution::Partial {
             fraction: 0.01,
             claim: Claim::Trained,
         };
-        assert_eq!(
-            points(Some(10.0), 50, &tiny),
-            Points {
-                trained: 1,
-                claimed: 1
-            }
-        );
+        /// `(required, available, contribution, (trained, claimed))`.
+        type Case<'a> = (Option<f64>, usize, &'a Contribution, (usize, u64));
+        let cases: [Case; 11] = [
+            (None, 6, &honest, (6, 6)),
+            // ceil(m*): 143.2 points need 144.
+            (Some(143.2), 500, &honest, (144, 144)),
+            (Some(144.0), 500, &honest, (144, 144)),
+            // More than the node holds: all of it, and it says so.
+            (Some(143.2), 100, &honest, (100, 100)),
+            (Some(1e300), 7, &honest, (7, 7)),
+            // Never fewer than one point.
+            (Some(0.2), 7, &honest, (1, 1)),
+            // 20% of ceil(143.2) = 144 is 28.8 -> 29 points.
+            (Some(143.2), 500, &free_rider, (29, 144)),
+            (Some(143.2), 500, &shirker, (29, 29)),
+            // Without a requirement the fraction is of the local data; the claim is all of it.
+            (None, 10, &free_rider, (2, 10)),
+            // Capped by the data, at least one point.
+            (Some(1000.0), 50, &shirker, (50, 50)),
+            (Some(10.0), 50, &tiny, (1, 1)),
+        ];
+        for (required, available, contribution, (trained, claimed)) in cases {
+            assert_eq!(
+                points(required, available, contribution),
+                Points { trained, claimed },
+                "{required:?} of {available} as {contribution:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn contribution_fractions_outside_zero_one_are_refused() {
         for bad in [0.0, -0.5, 1.5, f64::NAN] {
             let c = Contribution::Partial {
                 fraction: bad,
@@ -485,17 +433,7 @@ mod tests {
             .train(&global, &t)
             .unwrap();
         assert_eq!(out.num_samples, 4);
-        let mut local = global.clone();
-        let cfg = TrainConfig {
-            epochs: 3,
-            batch_size: 2,
-            learning_rate: 0.5,
-            l2: 0.0,
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(4, 2, 1));
-        let first = data().subset(&[0, 1, 2, 3]);
-        spec().train(&mut local, &first, &cfg, &mut rng).unwrap();
-        let expected: Vec<f32> = local.iter().zip(&global).map(|(l, g)| l - g).collect();
+        let (expected, _) = by_hand(&global, &data().subset(&[0, 1, 2, 3]), 4, 2, 1);
         assert_eq!(out.update, expected);
         // A free rider trains on half of it (2 samples) but claims the 4.
         let rider = ModelTrainer::new(spec(), data(), 4)
@@ -509,13 +447,6 @@ mod tests {
             .unwrap();
         assert_eq!(rider.num_samples, 4);
         assert_ne!(rider.update, out.update);
-    }
-
-    #[test]
-    fn seed_mix_separates_argument_order() {
-        assert_eq!(mix_seed(1, 2, 3), mix_seed(1, 2, 3));
-        assert_ne!(mix_seed(1, 2, 3), mix_seed(3, 2, 1));
-        assert_ne!(mix_seed(0, 0, 1), mix_seed(0, 1, 0));
     }
 
     #[test]

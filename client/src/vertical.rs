@@ -16,7 +16,7 @@ use ndarray::Array2;
 use tonic::transport::Channel;
 
 use crate::client::{
-    CALL_TIMEOUT, Heartbeat, MAX_MODEL_BYTES, Session, check_sha256, chunked_stream, encode,
+    CALL_TIMEOUT, MAX_MODEL_BYTES, Session, check_sha256, chunked_stream, encode, node_identity,
 };
 use crate::error::ClientError;
 use crate::task::{EmbedTask, VerticalTask};
@@ -158,49 +158,16 @@ impl VerticalClient {
         Ok(Self { session, party })
     }
 
-    /// Re-uses an identity from an earlier [`enroll`](Self::enroll); nothing is sent.
-    pub fn resume(
-        channel: Channel,
-        federation_id: &str,
-        client_id: &str,
-        token: &str,
+    node_identity!(
+        "party",
         party: VerticalParty,
-    ) -> Result<Self, ClientError> {
-        Ok(Self {
-            session: Session::resume(channel, federation_id, client_id, token)?,
-            party,
-        })
-    }
-
-    /// This party's id in the federation.
-    pub fn client_id(&self) -> &str {
-        self.session.client_id()
-    }
-
-    /// The federation this party belongs to.
-    pub fn federation_id(&self) -> &str {
-        self.session.federation_id()
-    }
-
-    /// The bearer token (a secret: store it like a password).
-    pub fn token(&self) -> &str {
-        self.session.token()
-    }
-
-    /// How to build and train this party's embedding model.
-    pub fn party(&self) -> &VerticalParty {
-        &self.party
-    }
+        "How to build and train this party's embedding model."
+    );
 
     /// Asks what to do next: embed, wait, or stop.
     pub async fn pull_task(&mut self) -> Result<VerticalTask, ClientError> {
         let task = self.session.pull_task().await?;
         VerticalTask::from_proto(task, self.party.output_dim)
-    }
-
-    /// Tells the server this party is alive; returns the federation's current round.
-    pub async fn heartbeat(&mut self) -> Result<Heartbeat, ClientError> {
-        self.session.heartbeat().await
     }
 
     /// Sends `embeddings` (one row per id of `task`, `output_dim` columns, row-major) and

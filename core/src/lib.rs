@@ -26,6 +26,7 @@ pub mod data;
 pub mod incentive;
 pub mod model;
 pub mod reputation;
+pub mod seed;
 pub mod tensor;
 pub mod valuation;
 pub mod vertical;

@@ -121,8 +121,8 @@ pub fn round_to_proto(r: &RoundRecord) -> pb::RoundRecord {
                     gain: c.gain,
                 })
                 .collect(),
-            trigger_statistic: None,
-            void_reason: String::new(),
+            trigger_statistic: b.trigger_statistic,
+            void_reason: b.void_reason.clone().unwrap_or_default(),
         }),
         reputations: r
             .reputations

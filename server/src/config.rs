@@ -798,7 +798,8 @@ impl FederationConfig {
             MIN_ROUND_TIMEOUT_MS,
             MAX_ROUND_TIMEOUT_MS,
         )?;
-        b.validate()
+        b.validate()?;
+        b.check_round_cost(self.min_clients)
     }
 
     fn validate_training(&self) -> Result<(), ConfigError> {

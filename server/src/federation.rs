@@ -39,7 +39,7 @@ const MAX_NAME_LEN: usize = 64;
 const MAX_METRICS: usize = 64;
 const MAX_METRIC_NAME: usize = 64;
 /// Largest sample count a client may claim (it weighs FedAvg, so it is bounded).
-const MAX_NUM_SAMPLES: u64 = 1 << 40;
+pub(crate) const MAX_NUM_SAMPLES: u64 = 1 << 40;
 /// Most clients one federation enrolls (each costs a store record and memory).
 pub const MAX_CLIENTS: usize = 100_000;
 

@@ -310,6 +310,10 @@ pub struct FactRow {
     pub shapley: f64,
 }
 
+/// How the amounts of a FACT account are measured (said under the table and on the page).
+const AMOUNTS: &str = "in loss units (offset / (2 m)), summed over rounds; data cost = true cost \
+                       x trained points x rounds; net = prizes - penalties - data cost";
+
 /// What a FACT run reports beyond the usual rows.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FactOutcome {
@@ -442,18 +446,7 @@ impl FactOutcome {
             .unwrap_or(0)
             .max(9);
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "FACT (offset {}, alpha {}, prize factor {}, remainder {}): {} rounds settled, {} \
-             skipped; mean true cost {:.3e}",
-            self.settings.offset,
-            self.settings.alpha,
-            self.settings.prize_factor,
-            fedval_server::fact::remainder_name(self.settings.remainder),
-            self.settled_rounds,
-            self.skipped_rounds,
-            self.mean_cost
-        );
+        let _ = writeln!(s, "FACT ({}): {}", self.parameters(), self.counts());
         let _ = writeln!(
             s,
             "{:<10} {:<width$} {:>10} {:>10} {:>7} {:>7} {:>7} {:>6} {:>10} {:>10} {:>10} {:>11} {:>10}",
@@ -496,12 +489,28 @@ impl FactOutcome {
             .map(|(b, net, n)| format!("{b} {net:.3e} ({n})"))
             .collect();
         let _ = writeln!(s, "mean net by behaviour: {}", means.join(", "));
-        let _ = writeln!(
-            s,
-            "amounts in loss units (offset / (2 m)), summed over rounds; data cost = true cost \
-             x trained points x rounds; net = prizes - penalties - data cost"
-        );
+        let _ = writeln!(s, "amounts {AMOUNTS}");
         s
+    }
+
+    /// The mechanism's parameters: `offset O, alpha A, prize factor P, remainder R`.
+    fn parameters(&self) -> String {
+        let f = &self.settings;
+        format!(
+            "offset {}, alpha {}, prize factor {}, remainder {}",
+            f.offset,
+            f.alpha,
+            f.prize_factor,
+            fedval_server::fact::remainder_name(f.remainder)
+        )
+    }
+
+    /// What was settled: `N rounds settled, M skipped; mean true cost C`.
+    fn counts(&self) -> String {
+        format!(
+            "{} rounds settled, {} skipped; mean true cost {:.3e}",
+            self.settled_rounds, self.skipped_rounds, self.mean_cost
+        )
     }
 
     /// The `FACT` section of `report.html`: a note, the net per client as bars and the
@@ -510,17 +519,9 @@ impl FactOutcome {
         let mut s = String::from("<h2>FACT: penalties and prizes</h2>");
         let _ = write!(
             s,
-            "<p class=\"note\">offset {}, alpha {}, prize factor {}, remainder {}; {} rounds \
-             settled, {} skipped; mean true cost {:.3e}. Amounts are in loss units (offset / \
-             (2 m)) summed over rounds; data cost = true cost x trained points x rounds; net = \
-             prizes - penalties - data cost.</p>",
-            self.settings.offset,
-            self.settings.alpha,
-            self.settings.prize_factor,
-            fedval_server::fact::remainder_name(self.settings.remainder),
-            self.settled_rounds,
-            self.skipped_rounds,
-            self.mean_cost
+            "<p class=\"note\">{}; {}. Amounts are {AMOUNTS}.</p>",
+            escape(&self.parameters()),
+            self.counts()
         );
         let mut behaviours: BTreeMap<&str, ()> = BTreeMap::new();
         for r in &self.rows {

@@ -127,14 +127,7 @@ impl Report {
     /// Writes `report.json`, `rounds.csv`, `clients.csv`, `values.csv` and `report.html`
     /// into `dir`, creating it if needed.
     pub fn write(&self, dir: &Path) -> Result<(), SimError> {
-        let io = |e: std::io::Error| SimError::Output {
-            path: dir.to_path_buf(),
-            source: e,
-        };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| SimError::Config(format!("report serialisation: {e}")))?;
-        write_file(&dir.join("report.json"), &json)?;
+        write_json(dir, self)?;
         write_file(&dir.join("rounds.csv"), &self.rounds_csv())?;
         write_file(&dir.join("clients.csv"), &self.clients_csv())?;
         write_file(&dir.join("values.csv"), &self.values_csv())?;
@@ -419,7 +412,7 @@ const HONEST_LINES: [&str; 8] = [
 ];
 
 /// The `<style>` of `report.html` besides the charts' rules.
-pub(crate) const PAGE_CSS: &str = "body{font-family:system-ui,sans-serif;max-width:1000px;margin:24px auto;\
+const PAGE_CSS: &str = "body{font-family:system-ui,sans-serif;max-width:1000px;margin:24px auto;\
 padding:0 16px;color:#222}h1{font-size:22px}h2{font-size:18px;margin-top:28px}\
 table{border-collapse:collapse;margin:8px 0 24px;font-size:13px}\
 th,td{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}\
@@ -442,6 +435,17 @@ pub(crate) fn num(v: f64, decimals: usize) -> String {
     }
 }
 
+/// The start of a self-contained `report.html` titled `title` (escaped here): the head
+/// with the page's and the charts' styles, the title as `<h1>`, then the `Run` heading.
+pub(crate) fn page_head(title: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>{t}</title>\
+         <style>{PAGE_CSS}{}</style></head><body><h1>{t}</h1><h2>Run</h2>",
+        plot::CHART_CSS,
+        t = escape(title)
+    )
+}
+
 /// A `<table>` of `(key, value)` rows; values are escaped here.
 pub(crate) fn key_value_table(rows: &[(&str, String)]) -> String {
     let mut s = String::from("<table>");
@@ -461,16 +465,10 @@ impl Report {
     /// The self-contained `report.html` page (no JavaScript, no external assets): the
     /// run's summary, inline SVG charts and the per-client table.
     pub fn html(&self) -> String {
-        let title = format!(
+        let mut s = page_head(&format!(
             "fedval simulation: {} ({})",
             self.config.dataset, self.federation_id
-        );
-        let mut s = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>{t}</title>\
-             <style>{PAGE_CSS}{}</style></head><body><h1>{t}</h1><h2>Run</h2>",
-            plot::CHART_CSS,
-            t = escape(&title)
-        );
+        ));
         s.push_str(&key_value_table(&self.run_rows()));
         s.push_str("<h2>Global model per round</h2>");
         s.push_str(&self.model_charts());
@@ -837,6 +835,18 @@ impl Report {
     }
 }
 
+/// Creates `dir` if needed and writes `report` into it as pretty `report.json`.
+pub(crate) fn write_json(dir: &Path, report: &impl Serialize) -> Result<(), SimError> {
+    std::fs::create_dir_all(dir).map_err(|e| SimError::Output {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| SimError::Config(format!("report serialisation: {e}")))?;
+    write_file(&dir.join("report.json"), &json)
+}
+
+/// Writes `text` to `path`, naming the path in the error.
 pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), SimError> {
     std::fs::write(path, text).map_err(|e| SimError::Output {
         path: path.to_path_buf(),

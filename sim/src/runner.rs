@@ -150,13 +150,14 @@ struct ClientResult {
     final_accuracy: f64,
 }
 
-/// Where client tasks connect and how they run.
+/// Where the nodes of a run connect and how their task loops retry: the server's URL,
+/// the run's federation id and enrollment secret, and the loops' options.
 #[derive(Clone)]
-struct Launch {
-    url: String,
-    federation_id: String,
-    secret: String,
-    run_opts: RunOptions,
+pub(crate) struct Launch {
+    pub(crate) url: String,
+    pub(crate) federation_id: String,
+    pub(crate) secret: String,
+    pub(crate) run_opts: RunOptions,
 }
 
 type ClientTask = tokio::task::JoinHandle<Result<ClientResult, SimError>>;
@@ -193,12 +194,42 @@ fn attack(behaviour: Behaviour, config: &SimConfig, sybil: &SybilGroup) -> Attac
     }
 }
 
-/// Enrollment turns: a client enrolls once the previous one has (`wait`), then lets the
+/// An enrollment turn: a node enrolls once the previous one has (`wait`), then lets the
 /// next one go (`done`), so that the server's enrollment order, which indexes per-client
-/// state and seeded draws, is the scenario's client order in every run.
+/// state and seeded draws, is the scenario's node order in every run.
 pub(crate) struct Turn {
-    pub(crate) wait: Option<oneshot::Receiver<()>>,
-    pub(crate) done: oneshot::Sender<()>,
+    wait: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// Runs `enroll` in this turn: once the previous node has enrolled, then lets the next
+    /// one go, whatever the outcome.
+    pub(crate) async fn enroll<T>(self, enroll: impl Future<Output = T>) -> T {
+        if let Some(wait) = self.wait {
+            // An error means the previous node failed before enrolling; its task reports
+            // that, and this one need not wait any longer.
+            let _ = wait.await;
+        }
+        let enrolled = enroll.await;
+        let _ = self.done.send(());
+        enrolled
+    }
+}
+
+/// Hands out [`Turn`]s in the order they are taken: each waits for the one before it.
+#[derive(Default)]
+pub(crate) struct Turns(Option<oneshot::Receiver<()>>);
+
+impl Turns {
+    /// The next turn.
+    pub(crate) fn next(&mut self) -> Turn {
+        let (done, next) = oneshot::channel();
+        Turn {
+            wait: self.0.replace(next),
+            done,
+        }
+    }
 }
 
 /// Starts client `index`: enroll (in its turn; in a FACT run reporting the cost of `fact`),
@@ -216,28 +247,21 @@ fn spawn_client(
     tokio::spawn(async move {
         let channel = connect(&launch.url).await?;
         let samples = plan.data.len() as u64;
-        if let Some(wait) = turn.wait {
-            // An error means the previous client failed before enrolling; its task
-            // reports that, and this one need not wait any longer.
-            let _ = wait.await;
-        }
         let (fed, secret, name) = (&launch.federation_id, &launch.secret, &plan.name);
-        let enrolled = match &fact {
-            Some(f) => {
-                FederationClient::enroll_with_cost(
-                    channel,
-                    fed,
-                    secret,
-                    name,
-                    samples,
-                    f.reported_cost,
-                )
-                .await
-            }
-            None => FederationClient::enroll(channel, fed, secret, name, samples).await,
-        };
-        let _ = turn.done.send(());
-        let mut client = enrolled?;
+        let mut client = turn
+            .enroll(async {
+                match &fact {
+                    Some(f) => {
+                        let cost = f.reported_cost;
+                        FederationClient::enroll_with_cost(
+                            channel, fed, secret, name, samples, cost,
+                        )
+                        .await
+                    }
+                    None => FederationClient::enroll(channel, fed, secret, name, samples).await,
+                }
+            })
+            .await?;
         let contribution = fact.map_or(Contribution::Honest, |f| f.behaviour.contribution());
         let inner = ModelTrainer::new(client.model().clone(), plan.data, seed)?
             .with_contribution(contribution)?;
@@ -287,17 +311,14 @@ fn standalone_accuracies(
         .collect()
 }
 
-/// The server a run talks to: an embedded one (shut down by the caller) or a remote one,
-/// its URL, the id and enrollment secret of the run's federation (created there), an
-/// Admin client, the federation's event stream and the nodes' retry options.
+/// The server a run talks to: an embedded one (shut down by [`finish`]) or a remote one,
+/// where its nodes connect ([`Launch`]: the URL, the run's federation created there, its
+/// enrollment secret), an Admin client and the federation's event stream.
 pub(crate) struct Target {
     pub(crate) embedded: Option<RunningServer>,
-    pub(crate) url: String,
-    pub(crate) federation_id: String,
-    pub(crate) secret: String,
+    pub(crate) launch: Launch,
     pub(crate) admin: Admin,
     pub(crate) events: Streaming<pb::FederationEvent>,
-    pub(crate) run_opts: RunOptions,
 }
 
 /// Starts the embedded server unless `opts` names a remote one, picks the federation id
@@ -350,24 +371,29 @@ pub(crate) async fn target(
     };
     Ok(Target {
         embedded,
-        url,
-        federation_id,
-        secret,
+        launch: Launch {
+            url,
+            federation_id,
+            secret,
+            run_opts,
+        },
         admin,
         events,
-        run_opts,
     })
 }
 
-/// The run's progress bar over `rounds` (hidden unless `progress`).
-pub(crate) fn progress_bar(progress: bool, rounds: u64) -> ProgressBar {
-    let bar = if progress {
-        ProgressBar::new(rounds)
+/// The template of a progress bar over a run's rounds.
+pub(crate) const ROUNDS_BAR: &str = "{spinner} round {pos}/{len} [{bar:30}] {elapsed} {msg}";
+
+/// A progress bar of `len` steps drawn with `template` (hidden unless `show`).
+pub(crate) fn progress_bar(show: bool, len: u64, template: &str) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(len)
     } else {
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed} {msg}")
+        ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
@@ -390,17 +416,18 @@ pub(crate) async fn follow_rounds(
     Ok(())
 }
 
-/// What a finished run leaves: every node's result (in node order), and the rounds and
-/// contributions the server recorded.
+/// What a finished run leaves: every node's result (in node order), and the rounds,
+/// contributions and ledger the server recorded.
 pub(crate) struct Finished<T> {
     pub(crate) results: Vec<T>,
     pub(crate) rounds: Vec<pb::RoundRecord>,
     pub(crate) contributions: Vec<pb::ClientContribution>,
+    pub(crate) ledger: pb::ListLedgerResponse,
 }
 
 /// Ends a run: joins every node task (`what` names the nodes in a panic's error), sorts
-/// the results by `index`, reads the federation's rounds and contributions, and shuts the
-/// embedded server down (if any).
+/// the results by `index`, reads the federation's rounds, contributions and ledger
+/// (complete: the federation has ended), and shuts the embedded server down (if any).
 pub(crate) async fn finish<T>(
     tasks: Vec<tokio::task::JoinHandle<Result<T, SimError>>>,
     what: &str,
@@ -431,6 +458,13 @@ pub(crate) async fn finish<T>(
         .await?
         .into_inner()
         .contributions;
+    let ledger = admin
+        .list_ledger(pb::ListLedgerRequest {
+            federation_id: federation_id.to_owned(),
+            client_id: None,
+        })
+        .await?
+        .into_inner();
     if let Some(server) = embedded {
         server.shutdown().await?;
     }
@@ -438,6 +472,7 @@ pub(crate) async fn finish<T>(
         results,
         rounds,
         contributions,
+        ledger,
     })
 }
 
@@ -452,22 +487,13 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
     let prepared = prepare(config)?;
     let Target {
         embedded,
-        url,
-        federation_id,
-        secret,
+        launch,
         mut admin,
         mut events,
-        run_opts,
     } = target(opts, |id, secret| {
         federation_config(id, secret, config, &prepared)
     })
     .await?;
-    let launch = Launch {
-        url: url.clone(),
-        federation_id: federation_id.clone(),
-        secret,
-        run_opts,
-    };
     let sybil = SybilGroup::new();
     // FACT: every client's true and reported cost and behaviour, fixed before the run.
     let fact = config.fact.as_ref().map(|f| {
@@ -477,24 +503,19 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
     let fact_client = |index: usize| fact.as_ref().and_then(|(_, c)| c.get(index).copied());
     let mut tasks = Vec::with_capacity(prepared.clients.len());
     let mut late = Vec::new();
-    let mut previous: Option<oneshot::Receiver<()>> = None;
+    let mut turns = Turns::default();
     for (index, plan) in prepared.clients.iter().cloned().enumerate() {
         let seed = trainer_seed(config, &prepared, index);
         let attack = attack(plan.behaviour, config, &sybil);
         if plan.behaviour == Behaviour::LateJoiner {
             late.push((index, plan, seed, attack));
         } else {
-            let (done, next) = oneshot::channel();
-            let turn = Turn {
-                wait: previous.replace(next),
-                done,
-            };
-            let f = fact_client(index);
+            let (f, turn) = (fact_client(index), turns.next());
             tasks.push(spawn_client(&launch, index, plan, seed, attack, f, turn));
         }
     }
 
-    let bar = progress_bar(opts.progress, config.rounds);
+    let bar = progress_bar(opts.progress, config.rounds, ROUNDS_BAR);
     bar.set_message("waiting for clients");
     follow_rounds(&mut events, |r| {
         let acc = r
@@ -506,43 +527,25 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
         bar.set_message(format!("val acc {acc:.3}"));
         if r.round >= config.adversaries.late_join_round {
             for (index, plan, seed, attack) in late.drain(..) {
-                let (done, next) = oneshot::channel();
-                let turn = Turn {
-                    wait: previous.replace(next),
-                    done,
-                };
-                let f = fact_client(index);
+                let (f, turn) = (fact_client(index), turns.next());
                 tasks.push(spawn_client(&launch, index, plan, seed, attack, f, turn));
             }
         }
     })
     .await?;
     bar.finish_and_clear();
-    // Every round (and so every ledger entry) is committed once the federation ended.
-    let ledger = match &fact {
-        Some(_) => {
-            admin
-                .list_ledger(pb::ListLedgerRequest {
-                    federation_id: federation_id.clone(),
-                    client_id: None,
-                })
-                .await?
-                .into_inner()
-                .entries
-        }
-        None => Vec::new(),
-    };
 
     let Finished {
         results,
         rounds,
         contributions,
+        ledger,
     } = finish(
         tasks,
         "client",
         |r| r.index,
         &mut admin,
-        &federation_id,
+        &launch.federation_id,
         embedded,
     )
     .await?;
@@ -607,15 +610,20 @@ pub async fn run(opts: &SimOptions) -> Result<Report, SimError> {
                 .filter_map(|r| plans.get(r.index).copied())
                 .collect();
             Some(crate::fact::outcome(
-                sim, *mean_cost, &plans, &run, &ledger, &rounds,
+                sim,
+                *mean_cost,
+                &plans,
+                &run,
+                &ledger.entries,
+                &rounds,
             ))
         }
         _ => None,
     };
     Ok(Report {
         config: config.clone(),
-        federation_id,
-        server: url,
+        federation_id: launch.federation_id,
+        server: launch.url,
         wall_time_s: started.elapsed().as_secs_f64(),
         final_test_accuracy: test.0,
         final_test_loss: test.1,

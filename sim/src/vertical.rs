@@ -17,8 +17,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use fedval_client::{
-    PartyTrainer, RunOptions, TrainerError, VerticalClient, VerticalTrainer, connect,
-    run_vertical_node,
+    PartyTrainer, TrainerError, VerticalClient, VerticalTrainer, connect, run_vertical_node,
 };
 use fedval_core::data::{self, Dataset, Standardizer, partition};
 use fedval_core::model::{ModelSpec, TrainConfig};
@@ -27,13 +26,13 @@ use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use tokio::sync::oneshot;
 
 use crate::SimError;
 use crate::metrics::RunMetrics;
 use crate::report::{ClientRow, Report, VerticalOutcome};
 use crate::runner::{
-    Finished, SimOptions, Target, Turn, finish, follow_rounds, progress_bar, round_row, target,
+    Finished, Launch, ROUNDS_BAR, SimOptions, Target, Turn, Turns, finish, follow_rounds,
+    progress_bar, round_row, target,
 };
 use crate::scenario::{PartyBehaviour, SimConfig, VerticalSim};
 
@@ -213,29 +212,30 @@ struct PartyResult {
 /// Starts party `index`: enroll (in its turn) announcing its columns, run the vertical
 /// task loop with a [`PartyTrainer`] over its block.
 fn spawn_party(
-    url: &str,
-    federation_id: &str,
-    secret: &str,
-    run_opts: &RunOptions,
+    launch: &Launch,
     index: usize,
     plan: PartyPlan,
     turn: Turn,
 ) -> tokio::task::JoinHandle<Result<PartyResult, SimError>> {
-    let (url, federation_id, secret) =
-        (url.to_owned(), federation_id.to_owned(), secret.to_owned());
-    let run_opts = run_opts.clone();
+    let Launch {
+        url,
+        federation_id,
+        secret,
+        run_opts,
+    } = launch.clone();
     tokio::spawn(async move {
         let channel = connect(&url).await?;
         let columns = u32::try_from(plan.block.ncols())
             .map_err(|_| SimError::Config("too many columns for one party".into()))?;
-        if let Some(wait) = turn.wait {
-            // An error means the previous party failed before enrolling; its task reports it.
-            let _ = wait.await;
-        }
-        let enrolled =
-            VerticalClient::enroll(channel, &federation_id, &secret, &plan.name, columns).await;
-        let _ = turn.done.send(());
-        let mut client = enrolled?;
+        let mut client = turn
+            .enroll(VerticalClient::enroll(
+                channel,
+                &federation_id,
+                &secret,
+                &plan.name,
+                columns,
+            ))
+            .await?;
         let trainer = PartyTrainer::new(client.party(), plan.block)?;
         let summary = if let Some(delay) = plan.step_delay {
             let paced = Paced {
@@ -302,36 +302,23 @@ pub async fn run(opts: &SimOptions, started: Instant) -> Result<Report, SimError
     };
     let Target {
         embedded,
-        url,
-        federation_id,
-        secret,
+        launch,
         mut admin,
         mut events,
-        run_opts,
     } = target(opts, |id, secret| {
         federation_config(id, secret, config, v, &prepared)
     })
     .await?;
-    let mut tasks = Vec::with_capacity(prepared.parties.len());
-    let mut previous: Option<oneshot::Receiver<()>> = None;
-    for (index, plan) in prepared.parties.iter().cloned().enumerate() {
-        let (done, next) = oneshot::channel();
-        let turn = Turn {
-            wait: previous.replace(next),
-            done,
-        };
-        tasks.push(spawn_party(
-            &url,
-            &federation_id,
-            &secret,
-            &run_opts,
-            index,
-            plan,
-            turn,
-        ));
-    }
+    let mut turns = Turns::default();
+    let tasks: Vec<_> = prepared
+        .parties
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(index, plan)| spawn_party(&launch, index, plan, turns.next()))
+        .collect();
 
-    let bar = progress_bar(opts.progress, config.rounds);
+    let bar = progress_bar(opts.progress, config.rounds, ROUNDS_BAR);
     bar.set_message("waiting for parties");
     follow_rounds(&mut events, |r| {
         bar.set_position(r.round);
@@ -344,12 +331,13 @@ pub async fn run(opts: &SimOptions, started: Instant) -> Result<Report, SimError
         results,
         rounds,
         contributions,
+        ..
     } = finish(
         tasks,
         "party",
         |r| r.index,
         &mut admin,
-        &federation_id,
+        &launch.federation_id,
         embedded,
     )
     .await?;
@@ -417,8 +405,8 @@ pub async fn run(opts: &SimOptions, started: Instant) -> Result<Report, SimError
     };
     Ok(Report {
         config: config.clone(),
-        federation_id,
-        server: url,
+        federation_id: launch.federation_id,
+        server: launch.url,
         wall_time_s: started.elapsed().as_secs_f64(),
         final_test_accuracy: outcome.test_accuracy,
         final_test_loss: outcome.test_loss,

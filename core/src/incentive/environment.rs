@@ -16,13 +16,16 @@
 //!   reward is 1 for the right class. A linear model of class indicators is misspecified, so
 //!   LinUCB's regret need not be sublinear here: it measures how well a shared linear
 //!   classifier learned by bandit feedback does, not the regret bound.
+//!
+//! The module also holds the largest bandit dimension ([`MAX_BANDIT_DIM`]), which the server
+//! and the client SDK both enforce.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 use rand_distr::{Distribution, Normal, StandardNormal};
 
 use super::IncentiveError;
 use crate::data::Dataset;
+use crate::seed::indexed_rng;
 
 /// What playing an arm returned.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,24 +47,14 @@ pub trait Environment: Send {
     fn play(&mut self, step: u64, arm: usize) -> Feedback;
 }
 
-/// Bits of the word offset reserved for one index of [`indexed_rng`]: every index owns
-/// `2^24` 32-bit words (16 Mi) of its stream, far more than one step draws.
-const INDEX_WORD_BITS: u32 = 24;
+/// Largest context dimension `d` of a bandit federation: a client's `d x d` Gram update
+/// (512 KiB at 256) travels in one gRPC message. The server refuses larger settings and
+/// the client SDK a larger enrollment answer.
+pub const MAX_BANDIT_DIM: usize = 256;
 
 /// The most random numbers one step of a [`LinearEnvironment`] may draw (`arms * dim`), well
 /// inside the `2^24` words of its slot of the stream.
 const MAX_STEP_DRAWS: usize = 1 << 20;
-
-/// A seeded generator that is a pure function of `(seed, stream, index)`: ChaCha8 keyed by
-/// `seed` (via [`SeedableRng::seed_from_u64`]), on stream `stream`, positioned at word
-/// `index * 2^24`. Distinct `(stream, index)` pairs never share random words as long as each
-/// draws fewer than `2^24` words and `index < 2^44` (larger indices wrap around the stream).
-pub fn indexed_rng(seed: u64, stream: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(stream);
-    rng.set_word_pos(u128::from(index) << INDEX_WORD_BITS);
-    rng
-}
 
 /// A uniformly random unit vector of dimension `d >= 1` (a normalised Gaussian draw).
 pub fn unit_vector(rng: &mut impl Rng, d: usize) -> Vec<f64> {

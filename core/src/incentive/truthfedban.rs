@@ -287,16 +287,7 @@ impl LinUcbClient {
     /// The trigger statistic `(t - t_last) * log(det V / det(V - dV))`; a round starts when it
     /// exceeds `D_c`. `t_last` is the step of the previous round of any client (`t >= t_last`).
     pub fn trigger_statistic(&self, t: usize, t_last: usize) -> Result<f64, IncentiveError> {
-        if t < t_last {
-            return Err(IncentiveError::InvalidParameter {
-                name: "t - t_last",
-                value: t as f64 - t_last as f64,
-                reason: "the current step must not precede the last round",
-            });
-        }
-        let ratio = log_det(&self.gram(), self.dim, "client gram V")?
-            - log_det(&self.base, self.dim, "client base V - dV")?;
-        Ok((t - t_last) as f64 * ratio)
+        statistic(&self.base, &self.dv, self.dim, t, t_last)
     }
 
     /// The pending (not yet uploaded) Gram update `dV` (row-major `d x d`).
@@ -326,6 +317,51 @@ impl LinUcbClient {
         self.b_base = b_g.to_vec();
         Ok(())
     }
+}
+
+/// The trigger statistic of a client whose last downloaded aggregate is `V_g` and whose
+/// pending Gram update is `dV`:
+/// `(t - t_last) * (log det(lambda I + V_g + dV) - log det(lambda I + V_g))`.
+/// It is what [`LinUcbClient::trigger_statistic`] returns, bit for bit (same sums in the same
+/// order, same factorisations), so a server that holds the client's reported `dV` and knows
+/// what it downloaded can verify a claimed trigger.
+pub fn trigger_statistic(
+    dim: usize,
+    lambda: f64,
+    v_g: &[f64],
+    dv: &[f64],
+    t: usize,
+    t_last: usize,
+) -> Result<f64, IncentiveError> {
+    check_positive("lambda", lambda)?;
+    check_vec("aggregate V_g", v_g, dim * dim)?;
+    check_vec("update dV", dv, dim * dim)?;
+    // As `LinUcbClient::download` builds its base (a fresh client's `lambda I` is the same
+    // matrix: `lambda + 0` and `0 + 0` are exact).
+    let mut base = scaled_identity(dim, lambda);
+    add_assign(&mut base, v_g);
+    statistic(&base, dv, dim, t, t_last)
+}
+
+/// `(t - t_last) * (log det(base + dv) - log det(base))`, the one implementation of the trigger.
+fn statistic(
+    base: &[f64],
+    dv: &[f64],
+    dim: usize,
+    t: usize,
+    t_last: usize,
+) -> Result<f64, IncentiveError> {
+    if t < t_last {
+        return Err(IncentiveError::InvalidParameter {
+            name: "t - t_last",
+            value: t as f64 - t_last as f64,
+            reason: "the current step must not precede the last round",
+        });
+    }
+    let mut gram = base.to_vec();
+    add_assign(&mut gram, dv);
+    let ratio = log_det(&gram, dim, "client gram V")? - log_det(base, dim, "client base V - dV")?;
+    Ok((t - t_last) as f64 * ratio)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,13 +491,9 @@ impl SelectionProblem {
     pub fn value(&self, set: &[usize]) -> Result<f64, IncentiveError> {
         let mut m = self.base.clone();
         for &j in set {
-            let u = self.updates.get(j).ok_or(IncentiveError::AgentOutOfRange {
-                agent: j,
-                agents: self.updates.len(),
-            })?;
-            add_assign(&mut m, u);
+            add_assign(&mut m, self.update(j)?);
         }
-        log_det(&m, self.dim, "lambda I + V_g + sum dV")
+        log_det(&m, self.dim, SUM)
     }
 
     /// The target `g(all) + log(beta)`.
@@ -491,67 +523,145 @@ impl SelectionProblem {
         Ok(())
     }
 
-    /// Greedy run over `pool` towards `target`: returns the steps `(j_k, gain_k, S_{k-1})`
-    /// value after each, and whether the target was reached.
+    /// `dV_j`, or [`IncentiveError::AgentOutOfRange`].
+    fn update(&self, j: usize) -> Result<&[f64], IncentiveError> {
+        self.updates
+            .get(j)
+            .map(Vec::as_slice)
+            .ok_or(IncentiveError::AgentOutOfRange {
+                agent: j,
+                agents: self.updates.len(),
+            })
+    }
+
+    /// `g(S u {j})` for every client `j` outside `S` (`None` for the members), where `matrix`
+    /// holds `lambda I + V_g + sum_{j in S} dV_j` summed in `S`'s order: one addition and one
+    /// Cholesky factorisation per candidate.
+    fn candidates(
+        &self,
+        matrix: &[f64],
+        member: &[bool],
+    ) -> Result<Vec<Option<f64>>, IncentiveError> {
+        let mut m = vec![0.0; matrix.len()];
+        self.updates
+            .iter()
+            .zip(member)
+            .map(|(u, &inside)| {
+                if inside {
+                    return Ok(None);
+                }
+                m.copy_from_slice(matrix);
+                add_assign(&mut m, u);
+                log_det(&m, self.dim, SUM).map(Some)
+            })
+            .collect()
+    }
+
+    /// Greedy run towards `target` that never picks `excluded` but still evaluates it at every
+    /// step (its gains along the run are what its critical value needs).
+    ///
+    /// Memoised: the matrix of `S_{k-1}` is kept, so a candidate costs one addition and one
+    /// factorisation, and `g(S_{k-1})` is the previous step's value. With
+    /// `resume = Some((run, k))` the run starts from the first `k` steps of `run` (same costs
+    /// and target) and reuses `run`'s candidate values at its step `k + 1`; this is the run
+    /// from scratch as long as `excluded` is not among those `k` clients, because removing a
+    /// client the greedy did not pick changes none of its picks (the order [`prefers`] is
+    /// strict). Every value comes from the same sums in the same order as [`Self::value`],
+    /// so results are bit for bit those of the plain greedy.
     fn greedy(
         &self,
         costs: &[f64],
-        pool: &[usize],
         target: f64,
-    ) -> Result<(Vec<Step>, f64, bool), IncentiveError> {
+        excluded: Option<usize>,
+        resume: Option<(&Greedy, usize)>,
+    ) -> Result<Greedy, IncentiveError> {
         let tol = LOG_DET_TOLERANCE * target.abs().max(1.0);
-        let mut chosen: Vec<usize> = Vec::new();
-        let mut current = self.value(&chosen)?;
-        let mut steps = Vec::new();
+        let (start, mut steps, mut known) = match resume {
+            Some((run, k)) => (
+                run.start,
+                run.steps.get(..k).unwrap_or(&run.steps).to_vec(),
+                run.steps.get(k).map(|s| s.with.clone()),
+            ),
+            None => (log_det(&self.base, self.dim, SUM)?, Vec::new(), None),
+        };
+        let mut matrix = self.base.clone();
+        let mut member = vec![false; self.clients()];
+        for s in &steps {
+            add_assign(&mut matrix, self.update(s.client)?);
+            if let Some(m) = member.get_mut(s.client) {
+                *m = true;
+            }
+        }
+        let mut current = steps.last().map_or(start, |s| s.after);
         while current < target - tol {
+            let with = match known.take() {
+                Some(with) => with,
+                None => self.candidates(&matrix, &member)?,
+            };
             let mut best: Option<(usize, f64, f64)> = None; // (client, gain, value after)
-            for &j in pool {
-                if chosen.contains(&j) {
+            for (j, (after, &cost)) in with.iter().zip(costs).enumerate() {
+                let Some(after) = *after else {
+                    continue;
+                };
+                if Some(j) == excluded {
                     continue;
                 }
-                let mut with = chosen.clone();
-                with.push(j);
-                let after = self.value(&with)?;
                 let gain = after - current;
                 if gain <= tol {
                     continue; // zero-gain clients are never added
                 }
                 let better = match best {
                     None => true,
-                    Some((b, bgain, _)) => prefers((j, gain, costs[j]), (b, bgain, costs[b])),
+                    Some((b, bgain, _)) => prefers((j, gain, cost), (b, bgain, costs[b])),
                 };
                 if better {
                     best = Some((j, gain, after));
                 }
             }
             let Some((j, gain, after)) = best else {
-                return Ok((steps, current, false));
+                return Ok(Greedy {
+                    start,
+                    steps,
+                    value: current,
+                    reached: false,
+                });
             };
+            add_assign(&mut matrix, self.update(j)?);
+            if let Some(m) = member.get_mut(j) {
+                *m = true;
+            }
             steps.push(Step {
                 client: j,
                 gain,
-                before: chosen.clone(),
+                before: current,
+                after,
+                with,
             });
-            chosen.push(j);
             current = after;
         }
-        Ok((steps, current, true))
+        Ok(Greedy {
+            start,
+            steps,
+            value: current,
+            reached: true,
+        })
+    }
+
+    /// Checks `costs` and `beta`, and runs the greedy over every client: the run and the
+    /// target `g(all) + log(beta)`.
+    fn full_run(&self, costs: &[f64], beta: f64) -> Result<(Greedy, f64), IncentiveError> {
+        self.check_costs(costs)?;
+        check_beta(beta)?;
+        let target = self.target(beta)?;
+        Ok((self.greedy(costs, target, None, None)?, target))
     }
 
     /// Greedy selection: repeatedly add the client with the largest gain per reported cost
     /// (zero cost first, by gain; ties by lower id; zero gain never) until `g(S)` reaches
     /// `g(all) + log(beta)`.
     pub fn select(&self, costs: &[f64], beta: f64) -> Result<Selection, IncentiveError> {
-        self.check_costs(costs)?;
-        check_beta(beta)?;
-        let target = self.target(beta)?;
-        let pool: Vec<usize> = (0..self.clients()).collect();
-        let (steps, value, _) = self.greedy(costs, &pool, target)?;
-        Ok(Selection {
-            selected: steps.iter().map(|s| s.client).collect(),
-            value,
-            target,
-        })
+        let (run, target) = self.full_run(costs, beta)?;
+        Ok(run.selection(target))
     }
 
     /// Closed-form critical value of client `i`: run the greedy without `i` to the same target
@@ -562,27 +672,45 @@ impl SelectionProblem {
         beta: f64,
         i: usize,
     ) -> Result<CriticalValue, IncentiveError> {
-        self.check_costs(costs)?;
-        check_beta(beta)?;
+        let (full, target) = self.full_run(costs, beta)?;
+        self.critical_value_in(&full, costs, target, i)
+    }
+
+    /// [`Self::critical_value`] of `i` given the greedy run `full` over every client: the run
+    /// without `i` is `full` itself if `i` was not picked, else `full`'s steps before `i`
+    /// followed by a greedy without `i` from there.
+    fn critical_value_in(
+        &self,
+        full: &Greedy,
+        costs: &[f64],
+        target: f64,
+        i: usize,
+    ) -> Result<CriticalValue, IncentiveError> {
         if i >= self.clients() {
             return Err(IncentiveError::AgentOutOfRange {
                 agent: i,
                 agents: self.clients(),
             });
         }
-        let target = self.target(beta)?;
         let tol = LOG_DET_TOLERANCE * target.abs().max(1.0);
-        let pool: Vec<usize> = (0..self.clients()).filter(|&j| j != i).collect();
-        let (steps, _, reached) = self.greedy(costs, &pool, target)?;
-        if !reached {
+        let rerun;
+        let without = match full.steps.iter().position(|s| s.client == i) {
+            None => full,
+            Some(k) => {
+                rerun = self.greedy(costs, target, Some(i), Some((full, k)))?;
+                &rerun
+            }
+        };
+        if !without.reached {
             return Ok(CriticalValue::Essential);
         }
         let mut best = 0.0_f64;
-        for step in &steps {
-            let before = self.value(&step.before)?;
-            let mut with = step.before.clone();
-            with.push(i);
-            let gain_i = self.value(&with)? - before;
+        for step in &without.steps {
+            // `i` is never in the run without it, so its value was computed at every step.
+            let Some(with_i) = step.with.get(i).copied().flatten() else {
+                continue;
+            };
+            let gain_i = with_i - step.before;
             if gain_i > tol {
                 best = best.max(costs[step.client] * gain_i / step.gain);
             }
@@ -637,11 +765,12 @@ impl SelectionProblem {
         mechanism: Mechanism,
     ) -> Result<(Selection, Vec<Payment>), IncentiveError> {
         config.validate()?;
-        let selection = self.select(costs, config.beta)?;
+        let (full, target) = self.full_run(costs, config.beta)?;
+        let selection = full.selection(target);
         let mut payments = Vec::with_capacity(selection.selected.len());
         for &i in &selection.selected {
             let payment = match mechanism {
-                Mechanism::TruthFedBan => match self.critical_value(costs, config.beta, i)? {
+                Mechanism::TruthFedBan => match self.critical_value_in(&full, costs, target, i)? {
                     CriticalValue::Finite(p) => Payment {
                         client: i,
                         amount: p,
@@ -674,11 +803,38 @@ impl SelectionProblem {
     }
 }
 
-/// One greedy step: the client added, its gain and the set before it.
+/// What [`SelectionProblem::value`] calls the matrix it factors.
+const SUM: &str = "lambda I + V_g + sum dV";
+
+/// A greedy run: `g({})`, its steps, the value it reached and whether that meets the target.
+#[derive(Clone, Debug)]
+struct Greedy {
+    start: f64,
+    steps: Vec<Step>,
+    value: f64,
+    reached: bool,
+}
+
+impl Greedy {
+    /// The run as a [`Selection`] towards `target`.
+    fn selection(&self, target: f64) -> Selection {
+        Selection {
+            selected: self.steps.iter().map(|s| s.client).collect(),
+            value: self.value,
+            target,
+        }
+    }
+}
+
+/// One greedy step `k`: the client `j_k` added, its gain, `g(S_{k-1})`, `g(S_k)`, and
+/// `g(S_{k-1} u {j})` of every client `j` (`None` for the members of `S_{k-1}`).
+#[derive(Clone, Debug)]
 struct Step {
     client: usize,
     gain: f64,
-    before: Vec<usize>,
+    before: f64,
+    after: f64,
+    with: Vec<Option<f64>>,
 }
 
 /// Whether candidate `a = (id, gain, cost)` beats `b` in the greedy order.
@@ -1065,6 +1221,206 @@ mod tests {
             essential_cap: 5.0,
             baseline_value_weight: 1.0,
         }
+    }
+
+    /// A worst-case round for the selection's cost: `clients` updates of three random unit
+    /// contexts each over an aggregate of 20, `beta = 1` (every client with a positive gain is
+    /// selected and essential, so every critical-value rerun runs to exhaustion).
+    fn worst_case(clients: usize, dim: usize) -> (SelectionProblem, Vec<f64>, MechanismConfig) {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut v_g = vec![0.0; dim * dim];
+        for _ in 0..20 {
+            add_outer(&mut v_g, &unit_vector(&mut rng, dim));
+        }
+        let updates = (0..clients)
+            .map(|_| {
+                let mut u = vec![0.0; dim * dim];
+                for _ in 0..3 {
+                    add_outer(&mut u, &unit_vector(&mut rng, dim));
+                }
+                u
+            })
+            .collect();
+        let costs = (0..clients).map(|_| rng.random_range(0.5..=1.5)).collect();
+        let config = MechanismConfig {
+            beta: 1.0,
+            ..config()
+        };
+        let problem = SelectionProblem::new(dim, 1.0, &v_g, updates).unwrap();
+        (problem, costs, config)
+    }
+
+    /// Wall time of one round's selection and critical-value payments at a few sizes (run
+    /// with `--ignored --nocapture`; prints, asserts only that every client was paid).
+    #[test]
+    #[ignore = "a measurement, not a check: run by hand"]
+    fn truthfedban_selection_cost_measurement() {
+        for (clients, dim) in [(10, 170), (4, 256), (10, 256), (30, 164), (100, 73)] {
+            let (p, costs, cfg) = worst_case(clients, dim);
+            let start = std::time::Instant::now();
+            let (s, pays) = p.payments(&costs, &cfg, Mechanism::TruthFedBan).unwrap();
+            let took = start.elapsed();
+            println!(
+                "n {clients} d {dim}: {} selected, {:.3} s, d^3 n^2 = {:.3e}",
+                s.selected.len(),
+                took.as_secs_f64(),
+                (dim as f64).powi(3) * (clients as f64).powi(2)
+            );
+            assert_eq!(pays.len(), s.selected.len());
+        }
+    }
+
+    /// A step of [`reference_greedy`]: `(j_k, gain_k, S_{k-1})`.
+    type ReferenceStep = (usize, f64, Vec<usize>);
+
+    /// The greedy as it was before memoisation: every candidate's `g` from scratch with
+    /// [`SelectionProblem::value`]; returns the steps `(j_k, gain_k, S_{k-1})`, the value and
+    /// whether the target was reached.
+    fn reference_greedy(
+        p: &SelectionProblem,
+        costs: &[f64],
+        pool: &[usize],
+        target: f64,
+    ) -> (Vec<ReferenceStep>, f64, bool) {
+        let tol = LOG_DET_TOLERANCE * target.abs().max(1.0);
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut current = p.value(&chosen).unwrap();
+        let mut steps = Vec::new();
+        while current < target - tol {
+            let mut best: Option<(usize, f64, f64)> = None;
+            for &j in pool {
+                if chosen.contains(&j) {
+                    continue;
+                }
+                let mut with = chosen.clone();
+                with.push(j);
+                let after = p.value(&with).unwrap();
+                let gain = after - current;
+                if gain <= tol {
+                    continue;
+                }
+                if best
+                    .is_none_or(|(b, bgain, _)| prefers((j, gain, costs[j]), (b, bgain, costs[b])))
+                {
+                    best = Some((j, gain, after));
+                }
+            }
+            let Some((j, gain, after)) = best else {
+                return (steps, current, false);
+            };
+            steps.push((j, gain, chosen.clone()));
+            chosen.push(j);
+            current = after;
+        }
+        (steps, current, true)
+    }
+
+    /// The critical value as it was before memoisation (a greedy without `i` from scratch).
+    fn reference_critical_value(
+        p: &SelectionProblem,
+        costs: &[f64],
+        beta: f64,
+        i: usize,
+    ) -> CriticalValue {
+        let target = p.target(beta).unwrap();
+        let tol = LOG_DET_TOLERANCE * target.abs().max(1.0);
+        let pool: Vec<usize> = (0..p.clients()).filter(|&j| j != i).collect();
+        let (steps, _, reached) = reference_greedy(p, costs, &pool, target);
+        if !reached {
+            return CriticalValue::Essential;
+        }
+        let mut best = 0.0_f64;
+        for (client, gain, before) in &steps {
+            let b = p.value(before).unwrap();
+            let mut with = before.clone();
+            with.push(i);
+            let gain_i = p.value(&with).unwrap() - b;
+            if gain_i > tol {
+                best = best.max(costs[*client] * gain_i / gain);
+            }
+        }
+        CriticalValue::Finite(best)
+    }
+
+    /// The memoised greedy (kept factor sums, the full run's prefix reused by every
+    /// critical-value rerun) gives exactly what the plain greedy gave: same selections, same
+    /// values, same critical values bit for bit, on random rounds with zero costs, tied costs,
+    /// empty updates and every beta from tiny to 1.
+    #[test]
+    fn truthfedban_memoised_greedy_equals_the_plain_one() {
+        let mut compared = 0;
+        for seed in 0..12 {
+            let (p, mut costs) = instance(seed, 9, 4);
+            if seed % 3 == 1 {
+                costs[seed as usize % 9] = 0.0;
+            }
+            if seed % 3 == 2 {
+                let c = costs[0];
+                costs.iter_mut().step_by(2).for_each(|x| *x = c);
+            }
+            for beta in [0.05, 0.3, BETA, 0.9, 1.0] {
+                let target = p.target(beta).unwrap();
+                let pool: Vec<usize> = (0..9).collect();
+                let (steps, value, _) = reference_greedy(&p, &costs, &pool, target);
+                let s = p.select(&costs, beta).unwrap();
+                let expected: Vec<usize> = steps.iter().map(|s| s.0).collect();
+                assert_eq!((&s.selected, s.value, s.target), (&expected, value, target));
+                for i in 0..9 {
+                    assert_eq!(
+                        p.critical_value(&costs, beta, i).unwrap(),
+                        reference_critical_value(&p, &costs, beta, i),
+                        "seed {seed} beta {beta} client {i}"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        // A client with an empty update and one whose update alone reaches the target.
+        let d = 2;
+        let updates = vec![
+            vec![0.0; 4],
+            vec![9.0, 0.0, 0.0, 9.0],
+            vec![0.5, 0.0, 0.0, 0.0],
+        ];
+        let p = SelectionProblem::new(d, 1.0, &[0.0; 4], updates).unwrap();
+        for i in 0..3 {
+            assert_eq!(
+                p.critical_value(&[0.0, 1.0, 2.0], 0.5, i).unwrap(),
+                reference_critical_value(&p, &[0.0, 1.0, 2.0], 0.5, i)
+            );
+        }
+        assert!(compared >= 500);
+    }
+
+    /// The server's recomputation of a trigger (`trigger_statistic` from `V_g` and `dV`) is
+    /// bit for bit the client's, fresh and after downloads.
+    #[test]
+    fn truthfedban_trigger_statistic_recomputed_bit_for_bit() {
+        let (d, lambda) = (4, 0.7);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut client = LinUcbClient::new(d, lambda, 1.0).unwrap();
+        let mut v_g = vec![0.0; d * d];
+        let mut checked = 0;
+        for t in 1..=60_usize {
+            let x = unit_vector(&mut rng, d);
+            client.observe(&x, rng.random_range(-1.0..1.0)).unwrap();
+            let t_last = t - t % 7;
+            let expected = client.trigger_statistic(t, t_last).unwrap();
+            let again =
+                trigger_statistic(d, lambda, &v_g, client.pending_gram(), t, t_last).unwrap();
+            assert_eq!(expected.to_bits(), again.to_bits(), "step {t}");
+            checked += usize::from(expected > 0.0);
+            if t % 10 == 0 {
+                // A round: the client uploads and downloads an aggregate with others' data.
+                add_assign(&mut v_g, client.pending_gram());
+                add_outer(&mut v_g, &unit_vector(&mut rng, d));
+                client.clear_pending();
+                client.download(&v_g, &[0.0; 4]).unwrap();
+            }
+        }
+        assert!(checked >= 40);
+        assert!(trigger_statistic(d, lambda, &v_g, &[0.0; 3], 2, 1).is_err());
+        assert!(trigger_statistic(d, lambda, &v_g, &[0.0; 16], 1, 2).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::round::{Closing, Conclusion, conclude, settle};
+use super::round::{Closing, Conclusion, Settlement, Trigger, conclude, settle};
 use super::{Aggregate, BanditSettings, CommRound, Phase, Run, client_ids};
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Event, FedState, Federation, now_ms};
@@ -244,10 +244,10 @@ fn open_round(fed: &Federation, run: &mut Run, clients: &[String]) -> ServiceRes
     let d = fed.config().bandit.map_or(0, |b| b.dim as usize);
     let (store, id) = (fed.store(), fed.id());
     let round = run.rounds + 1;
-    let (step, trigger_client) = run
+    let (step, trigger_client, claimed_statistic) = run
         .last
         .as_ref()
-        .map(|l| (l.step, l.client_id.clone()))
+        .map(|l| (l.step, l.client_id.clone(), l.trigger_statistic))
         .unwrap_or_default();
     let known = |c: &String| clients.contains(c);
     let reports: BTreeMap<_, _> = store
@@ -267,6 +267,7 @@ fn open_round(fed: &Federation, run: &mut Run, clients: &[String]) -> ServiceRes
         round,
         step,
         trigger_client,
+        claimed_statistic,
         phase: Phase::Report,
         deadline: Instant::now() + timeout(fed),
         reports,
@@ -276,16 +277,19 @@ fn open_round(fed: &Federation, run: &mut Run, clients: &[String]) -> ServiceRes
     Ok(round)
 }
 
-/// Closes the report phase: selects and prices the reporters on the blocking pool, then
-/// opens the upload phase.
+/// Closes the report phase: verifies the trigger, selects and prices the reporters on the
+/// blocking pool ([`settle`]), then opens the upload phase (which a void round, having
+/// selected nobody, leaves at once). The settlement is a pure function of stored inputs, so
+/// it cannot fail in a way a retry would cure: a failure, even a panic of the selection
+/// task, makes the round void rather than retried.
 async fn settle_round(fed: &Arc<Federation>, settings: BanditSettings) -> ServiceResult<()> {
-    let (round, aggregate, reports) = {
+    let (round, aggregate, reports, trigger) = {
         let mut st = fed.state.lock().await;
         let order = client_ids(&st);
         let Some(run) = st.bandit.run.as_mut() else {
             return Ok(());
         };
-        let aggregate = run.aggregate.clone();
+        let (aggregate, rounds, t_last) = (run.aggregate.clone(), run.rounds, run.t_last);
         let Some(r) = run
             .open
             .as_mut()
@@ -294,21 +298,41 @@ async fn settle_round(fed: &Arc<Federation>, settings: BanditSettings) -> Servic
             return Ok(());
         };
         r.phase = Phase::Settling;
+        // Every step needs the latest aggregate downloaded first (`take_played_step`), so
+        // the trigger client's LinUCB base is the aggregate of round `rounds`.
+        let synced = run.synced.get(&r.trigger_client).copied().unwrap_or(0);
+        let trigger = Trigger {
+            client_id: r.trigger_client.clone(),
+            step: r.step,
+            t_last,
+            claimed: r.claimed_statistic,
+            downloaded: (synced == rounds).then(|| aggregate.clone()),
+        };
         let reports: Vec<_> = order
             .iter()
             .filter_map(|c| r.reports.get(c).map(|rep| (c.clone(), rep.clone())))
             .collect();
-        (r.round, aggregate, reports)
+        (r.round, aggregate, reports, trigger)
     };
     // Late reports are refused from now on; tell the waiting clients.
     fed.notify();
     let reporters = reports.len();
-    let settlement = tokio::task::spawn_blocking(move || settle(&settings, &aggregate, &reports))
-        .await
-        .map_err(|e| ServiceError::Internal(format!("round {round} selection task failed: {e}")))?
-        .map_err(|e| {
-            ServiceError::Internal(format!("round {round}: selecting the participants: {e}"))
-        })?;
+    let reports2 = reports.clone();
+    let task =
+        tokio::task::spawn_blocking(move || settle(&settings, &aggregate, &reports2, &trigger));
+    let settlement = match task.await {
+        Ok(settlement) => settlement,
+        Err(e) if e.is_panic() => Settlement::void(
+            &reports,
+            None,
+            format!("selecting the participants failed: the selection task panicked: {e}"),
+        ),
+        Err(e) => {
+            return Err(ServiceError::Internal(format!(
+                "round {round} selection task failed: {e}"
+            )));
+        }
+    };
     let mut st = fed.state.lock().await;
     let Some(r) = st
         .bandit
@@ -319,7 +343,14 @@ async fn settle_round(fed: &Arc<Federation>, settings: BanditSettings) -> Servic
     else {
         return Ok(());
     };
-    tracing::info!(federation = %fed.id(), round, reporters, selected = ?settlement.selected, "participants selected");
+    match &settlement.void_reason {
+        None => {
+            tracing::info!(federation = %fed.id(), round, reporters, selected = ?settlement.selected, trigger_statistic = ?settlement.trigger_statistic, "participants selected")
+        }
+        Some(reason) => {
+            tracing::warn!(federation = %fed.id(), round, reporters, %reason, "communication round void")
+        }
+    }
     r.settlement = Some(Arc::new(settlement));
     r.phase = Phase::Upload;
     r.deadline = Instant::now() + timeout(fed);

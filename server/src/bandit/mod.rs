@@ -12,9 +12,10 @@
 //! `round_timeout_ms`:
 //! 1. *report*: every client reports its cost and its pending Gram update `dV` (durable on
 //!    acknowledgement). Clients that did not report are left out of the round.
-//! 2. *upload*: [`round::settle`] selects the participants (greedy log-det gain per reported
-//!    cost to `g(all reporters) + log(beta)`) and prices them (critical values, or the
-//!    baseline); each selected client uploads its `db` (durable on acknowledgement). The
+//! 2. *upload*: [`round::settle`] verifies the trigger (below), selects the participants
+//!    (greedy log-det gain per reported cost to `g(all reporters) + log(beta)`) and prices
+//!    them (critical values, or the baseline); each selected client uploads its `db` (durable
+//!    on acknowledgement). The
 //!    round record, the new aggregate `(V_g, b_g)`, the payments and the federation's
 //!    progress are then committed in ONE atomic batch ([`round::conclude`],
 //!    `Store::commit_bandit_round`). A selected client whose upload missed the deadline
@@ -26,10 +27,35 @@
 //!
 //! After step `horizon` (and its round, if it triggered one) the federation finishes.
 //!
+//! **Trigger verification.** A step's `triggered` must equal `trigger_statistic >
+//! threshold` (checked on submission), but the statistic is the client's word, and a paid
+//! round per step is worth claiming. So when the report phase closes the server recomputes
+//! it: the trigger client played no step since its trigger, so its report's `dV` is the
+//! pending update of that step, and it downloaded the aggregate of the last committed round
+//! before playing (a step is refused until it has), so its LinUCB base is `lambda I + V_g`
+//! of that aggregate. The statistic `(t - t_last) * (log det(lambda I + V_g + dV) - log
+//! det(lambda I + V_g))` comes from core's `trigger_statistic`, bit for bit what an honest
+//! `LinUcbClient` computed, and must exceed the threshold up to a relative
+//! [`round::TRIGGER_TOLERANCE`]. The recomputed value is recorded
+//! (`BanditRound.trigger_statistic`). This checks the claim against the reported `dV`; a
+//! client that inflates its `dV` is not caught here (the mechanism takes reported Gram
+//! updates as truthful; only costs are strategic).
+//!
+//! **Void rounds.** A round is *void* when its trigger does not verify, when the trigger
+//! client did not report at all, or when the selection or pricing fails (say a Cholesky
+//! factorisation that rounding made fail; retrying a pure function of stored inputs would
+//! fail forever). A void round selects and pays nobody and leaves the aggregate unchanged,
+//! but it is committed like any other: it takes its number `k`, its step becomes `t_last`,
+//! its record carries the reason (`BanditRound.void_reason`), and every client syncs it
+//! (`selected` false unless an earlier missed round aggregated its data) before the next
+//! step, so the run goes on.
+//!
 //! **Invariants.** Only the driver (`driver`) opens, settles, commits and closes rounds
 //! and finishes the run; the handlers only validate, make durable, record and wake it. A
 //! repeated identical submission of anything durable is acknowledged again; a different one
-//! for the same step or round is refused (ALREADY_EXISTS). Every acknowledged step,
+//! for the same step or round is refused (ALREADY_EXISTS); when a write reached the store
+//! although it reported failure, the stored answer is the one the run uses (as it would
+//! after a restart) and a different one is refused the same way. Every acknowledged step,
 //! report, upload and sync survives a restart: the driver reloads the last step, the
 //! aggregate, the round counter and the open round's reports and uploads, reopens the open
 //! round's report phase (clients whose report is stored have nothing to re-send, though
@@ -185,6 +211,8 @@ pub(crate) struct CommRound {
     pub step: u64,
     /// That step's active client.
     pub trigger_client: String,
+    /// The trigger statistic it claimed for that step.
+    pub claimed_statistic: f64,
     pub phase: Phase,
     /// When the current phase closes without the missing clients.
     pub deadline: Instant,

@@ -192,6 +192,52 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ServiceError::Internal(format!("storage task failed: {e}")))??)
 }
 
+/// What became of a write-once record ([`put_once`]).
+enum Written<T> {
+    /// It is durable: written now, or an identical one was already stored.
+    Durable,
+    /// A different one was already stored (a write that reported failure although it
+    /// reached the disk): the stored one, which the run must follow.
+    Other(T),
+}
+
+/// Writes the write-once record `value` with `put` off the async runtime; on a store
+/// [`StoreError::Conflict`] reads back what is stored with `get` and says whether it is
+/// `value`. `what` names the record in the error of a conflict with nothing readable.
+async fn put_once<T: PartialEq>(
+    put: impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+    get: impl FnOnce() -> Result<Option<T>, StoreError>,
+    value: &T,
+    what: &str,
+) -> ServiceResult<Written<T>> {
+    match blocking(put).await {
+        Ok(()) => Ok(Written::Durable),
+        Err(ServiceError::Store(StoreError::Conflict { .. })) => match get()? {
+            Some(stored) if stored == *value => Ok(Written::Durable),
+            Some(stored) => Ok(Written::Other(stored)),
+            None => Err(ServiceError::Internal(format!(
+                "the store refused {what} as a duplicate but holds none"
+            ))),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// The answer to a step submitted for step `t`, which the log already holds as `stored`.
+fn step_taken(t: u64, stored: &BanditStepRecord, rec: &BanditStepRecord) -> ServiceError {
+    if stored.client_id != rec.client_id {
+        return ServiceError::FailedPrecondition(format!(
+            "step {t} was played by {}, not {}",
+            stored.client_id, rec.client_id
+        ));
+    }
+    ServiceError::AlreadyExists(format!(
+        "step {t} is already recorded with reward {}, statistic {} and triggered = {}; a step \
+         is played once: pull the next task",
+        stored.reward, stored.trigger_statistic, stored.triggered
+    ))
+}
+
 impl Federation {
     /// Takes `client_id`'s checked `submission` (module docs): durable on return.
     ///
@@ -263,16 +309,7 @@ impl Federation {
             };
             return match stored {
                 Some(s) if s == rec => Ok(false),
-                Some(s) if s.client_id != rec.client_id => {
-                    Err(ServiceError::FailedPrecondition(format!(
-                        "step {t} was played by {}, not {}",
-                        s.client_id, rec.client_id
-                    )))
-                }
-                Some(s) => Err(ServiceError::AlreadyExists(format!(
-                    "step {t} is already recorded with reward {}, statistic {} and triggered = {}; a step is played once",
-                    s.reward, s.trigger_statistic, s.triggered
-                ))),
+                Some(s) => Err(step_taken(t, &s, &rec)),
                 None => Err(ServiceError::Internal(format!(
                     "federation `{}`: durable step {t} missing from the step log",
                     self.id()
@@ -305,17 +342,30 @@ impl Federation {
             )));
         }
         let (store, id, rec2) = (self.store().clone(), self.id().to_string(), rec.clone());
-        match blocking(move || store.put_bandit_step(&id, &rec2)).await {
-            Ok(()) => {}
-            // Written although it reported failure earlier: adopt it if it is this step.
-            Err(ServiceError::Store(StoreError::Conflict { .. }))
-                if self.store().get_bandit_step(self.id(), t)?.as_ref() == Some(&rec) => {}
-            Err(e) => return Err(e),
-        }
+        let written = put_once(
+            move || store.put_bandit_step(&id, &rec2),
+            || self.store().get_bandit_step(self.id(), t),
+            &rec,
+            "the step",
+        )
+        .await?;
         let run = running(self, &mut st)?;
         run.step = t;
-        run.last = Some(rec);
-        Ok(true)
+        match written {
+            Written::Durable => {
+                run.last = Some(rec);
+                Ok(true)
+            }
+            // Written (by an earlier attempt that reported failure) with other values: the
+            // log is the truth, so the run follows it and this submission is refused.
+            Written::Other(stored) => {
+                let refused = step_taken(t, &stored, &rec);
+                run.last = Some(stored);
+                drop(st);
+                self.notify();
+                Err(refused)
+            }
+        }
     }
 
     /// Records a cost report of the open round; `false` when it was a repeat.
@@ -362,20 +412,27 @@ impl Federation {
             Arc::new(report),
         );
         let report2 = report.clone();
-        match blocking(move || store.put_bandit_report(&id, round, &client, &report2)).await {
-            Ok(()) => {}
-            Err(ServiceError::Store(StoreError::Conflict { .. }))
-                if self
-                    .store()
-                    .get_bandit_report(self.id(), round, client_id)?
-                    .as_ref()
-                    == Some(&*report) => {}
-            Err(e) => return Err(e),
-        }
+        let written = put_once(
+            move || store.put_bandit_report(&id, round, &client, &report2),
+            || self.store().get_bandit_report(self.id(), round, client_id),
+            &*report,
+            "the report",
+        )
+        .await?;
+        // A different stored report (an earlier attempt that reported failure) is the one
+        // the round uses, as it would after a restart.
+        let (report, answer) = match written {
+            Written::Durable => (report, Ok(true)),
+            Written::Other(stored) => (Arc::new(stored), repeat(round, false, "report", client_id)),
+        };
         if let Some(r) = open_round(&mut st, round) {
             r.reports.insert(client_id.to_string(), report);
         }
-        Ok(true)
+        drop(st);
+        if answer.is_err() {
+            self.notify();
+        }
+        answer
     }
 
     /// Records a selected client's upload; `false` when it was a repeat.
@@ -420,20 +477,26 @@ impl Federation {
             Arc::new(b),
         );
         let b2 = b.clone();
-        match blocking(move || store.put_bandit_upload(&id, round, &client, &b2)).await {
-            Ok(()) => {}
-            Err(ServiceError::Store(StoreError::Conflict { .. }))
-                if self
-                    .store()
-                    .get_bandit_upload(self.id(), round, client_id)?
-                    .as_ref()
-                    == Some(&*b) => {}
-            Err(e) => return Err(e),
-        }
+        let written = put_once(
+            move || store.put_bandit_upload(&id, round, &client, &b2),
+            || self.store().get_bandit_upload(self.id(), round, client_id),
+            &*b,
+            "the upload",
+        )
+        .await?;
+        // As for reports: a different stored upload is the one the round uses.
+        let (b, answer) = match written {
+            Written::Durable => (b, Ok(true)),
+            Written::Other(stored) => (Arc::new(stored), repeat(round, false, "upload", client_id)),
+        };
         if let Some(r) = open_round(&mut st, round) {
             r.uploads.insert(client_id.to_string(), b);
         }
-        Ok(true)
+        drop(st);
+        if answer.is_err() {
+            self.notify();
+        }
+        answer
     }
 
     /// Records that a client downloaded the aggregate of `round`; `false` when it had.
@@ -606,7 +669,8 @@ mod tests {
     /// checks accept, the selection over the accepted reports must be defined.
     #[test]
     fn reports_whose_sum_could_be_indefinite_are_refused() {
-        let s = settings();
+        let mut s = settings();
+        s.threshold = 1e-9;
         let aggregate = Aggregate::zeros(2);
         let selection_over_accepted = |negative: f64| {
             let half = 1e9;
@@ -626,8 +690,17 @@ mod tests {
                 .filter(|_| check_definite(&s, &aggregate, 1, &report.gram_update, 2).is_ok())
                 .map(|c| (c.to_string(), Arc::new(report.clone())))
                 .collect();
-            let settled = crate::bandit::round::settle(&s, &aggregate, &accepted);
-            assert!(settled.is_ok(), "eigenvalue -{negative}: {settled:?}");
+            let trigger = crate::bandit::round::Trigger {
+                client_id: "a".into(),
+                step: 1,
+                t_last: 0,
+                claimed: 1.0,
+                downloaded: Some(Arc::new(aggregate.clone())),
+            };
+            let settled = crate::bandit::round::settle(&s, &aggregate, &accepted, &trigger);
+            if !accepted.is_empty() {
+                assert_eq!(settled.void_reason, None, "eigenvalue -{negative}");
+            }
             accepted.len()
         };
         assert_eq!(selection_over_accepted(0.6), 0, "both refused");

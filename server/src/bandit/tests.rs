@@ -84,6 +84,20 @@ struct Agent {
     /// Per round: the payment its sync announced.
     paid: BTreeMap<u64, f64>,
     synced: u64,
+    /// Misbehaviour under test.
+    quirk: Quirk,
+    /// The step it falsely claimed a trigger at, with its true statistic there.
+    cheated: Option<(u64, f64)>,
+}
+
+/// How an agent departs from the protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum Quirk {
+    #[default]
+    Honest,
+    /// Claims `triggered` (with a statistic above the threshold) at its first step whose
+    /// true statistic is below the threshold.
+    FalseTrigger,
 }
 
 impl Agent {
@@ -98,6 +112,8 @@ impl Agent {
             reports: BTreeMap::new(),
             paid: BTreeMap::new(),
             synced: 0,
+            quirk: Quirk::Honest,
+            cheated: None,
         }
     }
 
@@ -148,11 +164,21 @@ async fn run_agent(
                     .trigger_statistic(step as usize, t_last as usize)
                     .expect("statistic");
                 a.steps += 1;
-                Submission::Step {
-                    step,
-                    reward,
-                    trigger_statistic: stat,
-                    triggered: stat > threshold,
+                if a.quirk == Quirk::FalseTrigger && a.cheated.is_none() && stat <= threshold {
+                    a.cheated = Some((step, stat));
+                    Submission::Step {
+                        step,
+                        reward,
+                        trigger_statistic: threshold + 1.0,
+                        triggered: true,
+                    }
+                } else {
+                    Submission::Step {
+                        step,
+                        reward,
+                        trigger_statistic: stat,
+                        triggered: stat > threshold,
+                    }
                 }
             }
             BanditTask::Report { round } => a.report(round),
@@ -192,6 +218,17 @@ async fn run_agent(
     }
 }
 
+/// Overall bound of a federation-level test: generous (each takes seconds at most), so a
+/// regression that stalls a run fails the test instead of hanging it. Not a timing check.
+const BOUND: Duration = Duration::from_secs(300);
+
+/// Runs a test body within [`BOUND`].
+async fn bounded(body: impl Future<Output = ()>) {
+    if tokio::time::timeout(BOUND, body).await.is_err() {
+        panic!("the test did not finish within {BOUND:?}: a run stalled");
+    }
+}
+
 async fn enroll(fed: &Federation, n: usize) -> Vec<Agent> {
     let settings = fed.config().bandit.expect("bandit");
     let mut agents = Vec::new();
@@ -226,9 +263,10 @@ async fn wait_status(fed: &Federation, status: FederationStatus) {
 }
 
 /// Replays the committed rounds from what the agents reported: the aggregate after each
-/// round is the sum of its participants' reported Gram updates (in the record's order) and
-/// every payment equals core Truth-FedBan's on the round's inputs. Returns the final
-/// `V_g` and each client's total payment.
+/// round is the sum of its participants' reported Gram updates (in the record's order),
+/// every settled round's trigger verified (recomputed statistic above the threshold), every
+/// payment equals core Truth-FedBan's on the round's inputs, and a void round selected,
+/// paid and aggregated nobody. Returns the final `V_g` and each client's total payment.
 fn replay(
     settings: &BanditSettings,
     rounds: &[RoundRecord],
@@ -242,6 +280,25 @@ fn replay(
     for (i, r) in rounds.iter().enumerate() {
         assert_eq!(r.round, i as u64 + 1, "rounds are committed once, in order");
         let b = r.bandit.as_ref().expect("bandit record");
+        if b.void_reason.is_some() {
+            // Nobody selected, paid or aggregated.
+            assert!(b.selected.is_empty() && r.participants.is_empty(), "{r:?}");
+            assert!(b.reports.iter().all(|c| !c.selected && c.payment == 0.0));
+            assert!(
+                ledger.iter().all(|e| e.round != r.round),
+                "round {}",
+                r.round
+            );
+            continue;
+        }
+        let statistic = b
+            .trigger_statistic
+            .expect("a settled round's trigger verified");
+        assert!(
+            statistic > settings.threshold,
+            "round {}: {statistic}",
+            r.round
+        );
         assert!(b.value >= b.target - 1e-8, "round {}: target met", r.round);
         let reporters: Vec<&str> = b.reports.iter().map(|c| c.client_id.as_str()).collect();
         let grams: Vec<Vec<f64>> = reporters
@@ -300,6 +357,7 @@ fn final_v_g(fed: &Federation) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_linucb_clients_reach_the_horizon_with_few_paid_rounds() {
+    bounded(async {
     const HORIZON: u64 = 400;
     let registry = Registry::open(Store::memory()).expect("registry");
     let fed = registry
@@ -346,6 +404,8 @@ async fn three_linucb_clients_reach_the_horizon_with_few_paid_rounds() {
     }
     assert_eq!((committed, recorded), (rounds.len(), ledger.len()));
     registry.shutdown();
+    })
+    .await;
 }
 
 /// A run of two clients and one step that triggers: the test plays the protocol by hand.
@@ -384,160 +444,163 @@ fn step(t: u64, reward: f64) -> Submission {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_is_recorded_once_and_bad_reports_lose_nothing() {
-    let (registry, fed, mut agents) = one_round_federation(Store::memory()).await;
-    let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
-    let seed = fed.config().seed;
-    let active = active_client(seed, 1, 2);
-    let (player, other) = (&ids[active], &ids[1 - active]);
-    assert_eq!(
-        task(&fed, player).await,
-        NextTask::Bandit(BanditTask::Play { step: 1, t_last: 0 })
-    );
-    let refused = fed
-        .submit_bandit(other, step(1, 0.5))
-        .await
-        .expect_err("not its turn");
-    assert!(
-        matches!(&refused, ServiceError::FailedPrecondition(m) if m.contains("turn")),
-        "{refused}"
-    );
-    fed.submit_bandit(player, step(1, 0.5))
-        .await
-        .expect("played");
-    fed.submit_bandit(player, step(1, 0.5))
-        .await
-        .expect("a repeat is acknowledged again");
-    let different = fed
-        .submit_bandit(player, step(1, 0.25))
-        .await
-        .expect_err("another reward");
-    assert!(
-        matches!(&different, ServiceError::AlreadyExists(m) if m.contains("step 1")),
-        "{different}"
-    );
-    let late = fed
-        .submit_bandit(other, step(1, 0.5))
-        .await
-        .expect_err("played by the other");
-    assert!(
-        matches!(&late, ServiceError::FailedPrecondition(m) if m.contains("was played by")),
-        "{late}"
-    );
-    let stored = fed
-        .store()
-        .get_bandit_step("hand", 1)
-        .expect("read")
-        .expect("logged");
-    assert_eq!(stored.reward, 0.5);
-
-    // Round 1 opens: every client reports.
-    let settings = fed.config().bandit.expect("bandit");
-    for a in &agents {
+    bounded(async {
+        let (registry, fed, mut agents) = one_round_federation(Store::memory()).await;
+        let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+        let seed = fed.config().seed;
+        let active = active_client(seed, 1, 2);
+        let (player, other) = (&ids[active], &ids[1 - active]);
         assert_eq!(
-            task(&fed, &a.id).await,
-            NextTask::Bandit(BanditTask::Report { round: 1 })
+            task(&fed, player).await,
+            NextTask::Bandit(BanditTask::Play { step: 1, t_last: 0 })
         );
-    }
-    let gram = vec![1.0, 0.5, 0.0, 0.5, 1.0, 0.0, 0.0, 0.0, 0.25];
-    let good = pb::BanditCostReport {
-        round: 1,
-        cost: 0.75,
-        gram_update: gram.clone(),
-    };
-    let kind = |r: pb::BanditCostReport| Some(pb::bandit_submission::Kind::Report(r));
-    let submission = Submission::from_proto(kind(good.clone()), &settings).expect("valid");
-    fed.submit_bandit(&ids[0], submission.clone())
-        .await
-        .expect("accepted");
-    for bad in [
-        pb::BanditCostReport {
-            cost: f64::NAN,
-            ..good.clone()
-        },
-        pb::BanditCostReport {
-            gram_update: vec![1.0; 8],
-            ..good.clone()
-        },
-    ] {
-        let err = Submission::from_proto(kind(bad), &settings).expect_err("invalid");
-        assert!(matches!(err, ServiceError::InvalidArgument(_)), "{err}");
-    }
-    fed.submit_bandit(&ids[0], submission)
-        .await
-        .expect("repeat");
-    let mut changed = good.clone();
-    changed.cost = 0.5;
-    let err = fed
-        .submit_bandit(
-            &ids[0],
-            Submission::from_proto(kind(changed), &settings).expect("valid"),
-        )
-        .await
-        .expect_err("a second report");
-    assert!(
-        matches!(&err, ServiceError::AlreadyExists(m) if m.contains("report")),
-        "{err}"
-    );
-    let stored = fed.store().list_bandit_reports("hand", 1).expect("listed");
-    assert_eq!(stored.len(), 1);
-    assert_eq!((stored[0].1.cost, &stored[0].1.gram_update), (0.75, &gram));
-    let upload = fed
-        .submit_bandit(
-            &ids[0],
-            Submission::Upload {
-                round: 1,
-                b: vec![0.0; 3],
-            },
-        )
-        .await
-        .expect_err("not selected yet");
-    assert!(
-        matches!(upload, ServiceError::FailedPrecondition(_)),
-        "{upload}"
-    );
+        let refused = fed
+            .submit_bandit(other, step(1, 0.5))
+            .await
+            .expect_err("not its turn");
+        assert!(
+            matches!(&refused, ServiceError::FailedPrecondition(m) if m.contains("turn")),
+            "{refused}"
+        );
+        fed.submit_bandit(player, step(1, 0.5))
+            .await
+            .expect("played");
+        fed.submit_bandit(player, step(1, 0.5))
+            .await
+            .expect("a repeat is acknowledged again");
+        let different = fed
+            .submit_bandit(player, step(1, 0.25))
+            .await
+            .expect_err("another reward");
+        assert!(
+            matches!(&different, ServiceError::AlreadyExists(m) if m.contains("step 1")),
+            "{different}"
+        );
+        let late = fed
+            .submit_bandit(other, step(1, 0.5))
+            .await
+            .expect_err("played by the other");
+        assert!(
+            matches!(&late, ServiceError::FailedPrecondition(m) if m.contains("was played by")),
+            "{late}"
+        );
+        let stored = fed
+            .store()
+            .get_bandit_step("hand", 1)
+            .expect("read")
+            .expect("logged");
+        assert_eq!(stored.reward, 0.5);
 
-    // The other client reports; the round settles, uploads, commits and syncs.
-    agents[1].reports.insert(1, (1.0, gram.clone()));
-    fed.submit_bandit(&ids[1], agents[1].report(1))
-        .await
-        .expect("second report");
-    let mut selected = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        if let NextTask::Bandit(BanditTask::Upload { round: 1 }) = task(&fed, id).await {
-            fed.submit_bandit(
-                id,
+        // Round 1 opens: every client reports.
+        let settings = fed.config().bandit.expect("bandit");
+        for a in &agents {
+            assert_eq!(
+                task(&fed, &a.id).await,
+                NextTask::Bandit(BanditTask::Report { round: 1 })
+            );
+        }
+        let gram = vec![1.0, 0.5, 0.0, 0.5, 1.0, 0.0, 0.0, 0.0, 0.25];
+        let good = pb::BanditCostReport {
+            round: 1,
+            cost: 0.75,
+            gram_update: gram.clone(),
+        };
+        let kind = |r: pb::BanditCostReport| Some(pb::bandit_submission::Kind::Report(r));
+        let submission = Submission::from_proto(kind(good.clone()), &settings).expect("valid");
+        fed.submit_bandit(&ids[0], submission.clone())
+            .await
+            .expect("accepted");
+        for bad in [
+            pb::BanditCostReport {
+                cost: f64::NAN,
+                ..good.clone()
+            },
+            pb::BanditCostReport {
+                gram_update: vec![1.0; 8],
+                ..good.clone()
+            },
+        ] {
+            let err = Submission::from_proto(kind(bad), &settings).expect_err("invalid");
+            assert!(matches!(err, ServiceError::InvalidArgument(_)), "{err}");
+        }
+        fed.submit_bandit(&ids[0], submission)
+            .await
+            .expect("repeat");
+        let mut changed = good.clone();
+        changed.cost = 0.5;
+        let err = fed
+            .submit_bandit(
+                &ids[0],
+                Submission::from_proto(kind(changed), &settings).expect("valid"),
+            )
+            .await
+            .expect_err("a second report");
+        assert!(
+            matches!(&err, ServiceError::AlreadyExists(m) if m.contains("report")),
+            "{err}"
+        );
+        let stored = fed.store().list_bandit_reports("hand", 1).expect("listed");
+        assert_eq!(stored.len(), 1);
+        assert_eq!((stored[0].1.cost, &stored[0].1.gram_update), (0.75, &gram));
+        let upload = fed
+            .submit_bandit(
+                &ids[0],
                 Submission::Upload {
                     round: 1,
-                    b: vec![i as f64, 1.0, -1.0],
+                    b: vec![0.0; 3],
                 },
             )
             .await
-            .expect("upload");
-            selected.push(id.clone());
-        }
-    }
-    assert!(!selected.is_empty());
-    for id in &ids {
-        let NextTask::Bandit(BanditTask::Sync {
-            round: 1,
-            selected: s,
-            ..
-        }) = task(&fed, id).await
-        else {
-            panic!("expected the sync of round 1");
-        };
-        assert_eq!(s, selected.contains(id));
-        fed.submit_bandit(id, Submission::Synced { round: 1 })
+            .expect_err("not selected yet");
+        assert!(
+            matches!(upload, ServiceError::FailedPrecondition(_)),
+            "{upload}"
+        );
+
+        // The other client reports; the round settles, uploads, commits and syncs.
+        agents[1].reports.insert(1, (1.0, gram.clone()));
+        fed.submit_bandit(&ids[1], agents[1].report(1))
             .await
-            .expect("synced");
-    }
-    wait_status(&fed, FederationStatus::Finished).await;
-    assert!(matches!(task(&fed, &ids[0]).await, NextTask::Done { .. }));
-    let rounds = fed.store().list_rounds("hand").expect("rounds");
-    assert_eq!(rounds.len(), 1);
-    assert_eq!(rounds[0].participants, selected);
-    drop(agents);
-    registry.shutdown();
+            .expect("second report");
+        let mut selected = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if let NextTask::Bandit(BanditTask::Upload { round: 1 }) = task(&fed, id).await {
+                fed.submit_bandit(
+                    id,
+                    Submission::Upload {
+                        round: 1,
+                        b: vec![i as f64, 1.0, -1.0],
+                    },
+                )
+                .await
+                .expect("upload");
+                selected.push(id.clone());
+            }
+        }
+        assert!(!selected.is_empty());
+        for id in &ids {
+            let NextTask::Bandit(BanditTask::Sync {
+                round: 1,
+                selected: s,
+                ..
+            }) = task(&fed, id).await
+            else {
+                panic!("expected the sync of round 1");
+            };
+            assert_eq!(s, selected.contains(id));
+            fed.submit_bandit(id, Submission::Synced { round: 1 })
+                .await
+                .expect("synced");
+        }
+        wait_status(&fed, FederationStatus::Finished).await;
+        assert!(matches!(task(&fed, &ids[0]).await, NextTask::Done { .. }));
+        let rounds = fed.store().list_rounds("hand").expect("rounds");
+        assert_eq!(rounds.len(), 1);
+        assert_eq!(rounds[0].participants, selected);
+        drop(agents);
+        registry.shutdown();
+    })
+    .await;
 }
 
 /// Reopens the redb store in `dir`; the old store closes once its tasks are gone.
@@ -553,120 +616,443 @@ async fn reopen(dir: &std::path::Path) -> Arc<Registry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_reports_commits_the_round_once() {
-    const HORIZON: u64 = 250;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings;
-    let agents = {
-        let registry = Registry::open(Store::open_redb(dir.path()).expect("opens")).expect("reg");
-        let fed = registry
-            .create(config("crash", 3, HORIZON))
-            .expect("created");
-        settings = fed.config().bandit.expect("bandit");
-        let agents = enroll(&fed, 3).await;
-        // Round 1 completes; every client reports in round 2, then the server "crashes"
-        // before anyone uploads.
-        let agents = run_all(&fed, agents, Some(2)).await;
+    bounded(async {
+        const HORIZON: u64 = 250;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings;
+        let agents = {
+            let registry =
+                Registry::open(Store::open_redb(dir.path()).expect("opens")).expect("reg");
+            let fed = registry
+                .create(config("crash", 3, HORIZON))
+                .expect("created");
+            settings = fed.config().bandit.expect("bandit");
+            let agents = enroll(&fed, 3).await;
+            // Round 1 completes; every client reports in round 2, then the server "crashes"
+            // before anyone uploads.
+            let agents = run_all(&fed, agents, Some(2)).await;
+            let mut changes = fed.subscribe_changes();
+            while fed
+                .state
+                .lock()
+                .await
+                .bandit
+                .run
+                .as_ref()
+                .and_then(|r| r.open.as_ref())
+                .is_none_or(|r| r.phase != Phase::Upload)
+            {
+                let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+            }
+            assert_eq!(fed.store().list_rounds("crash").expect("rounds").len(), 1);
+            assert_eq!(
+                fed.store()
+                    .list_bandit_reports("crash", 2)
+                    .expect("r")
+                    .len(),
+                3
+            );
+            registry.shutdown();
+            agents
+        };
+        let registry = reopen(dir.path()).await;
+        let fed = registry.get("crash").expect("restored");
         let mut changes = fed.subscribe_changes();
-        while fed
-            .state
-            .lock()
-            .await
-            .bandit
-            .run
-            .as_ref()
-            .and_then(|r| r.open.as_ref())
-            .is_none_or(|r| r.phase != Phase::Upload)
-        {
+        while fed.state.lock().await.bandit.run.is_none() {
             let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
         }
-        assert_eq!(fed.store().list_rounds("crash").expect("rounds").len(), 1);
-        assert_eq!(
-            fed.store()
-                .list_bandit_reports("crash", 2)
-                .expect("r")
-                .len(),
-            3
-        );
-        registry.shutdown();
-        agents
-    };
-    let registry = reopen(dir.path()).await;
-    let fed = registry.get("crash").expect("restored");
-    let mut changes = fed.subscribe_changes();
-    while fed.state.lock().await.bandit.run.is_none() {
-        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
-    }
-    let mut agents = agents;
-    // The clients never saw their acks: they send the SAME reports again.
-    for a in &mut agents {
-        let again = a.report(2);
-        fed.submit_bandit(&a.id, again)
-            .await
-            .expect("a repeated report is acknowledged");
-    }
-    let agents = run_all(&fed, agents, None).await;
-    wait_status(&fed, FederationStatus::Finished).await;
-    assert_eq!(agents.iter().map(|a| a.steps).sum::<u64>(), HORIZON);
-    let rounds = fed.store().list_rounds("crash").expect("rounds");
-    let ledger = fed.store().list_ledger("crash").expect("ledger");
-    assert!(rounds.len() >= 2);
-    let (v_g, _) = replay(&settings, &rounds, &ledger, &agents);
-    assert_eq!(final_v_g(&fed), v_g);
+        let mut agents = agents;
+        // The clients never saw their acks: they send the SAME reports again.
+        for a in &mut agents {
+            let again = a.report(2);
+            fed.submit_bandit(&a.id, again)
+                .await
+                .expect("a repeated report is acknowledged");
+        }
+        let agents = run_all(&fed, agents, None).await;
+        wait_status(&fed, FederationStatus::Finished).await;
+        assert_eq!(agents.iter().map(|a| a.steps).sum::<u64>(), HORIZON);
+        let rounds = fed.store().list_rounds("crash").expect("rounds");
+        let ledger = fed.store().list_ledger("crash").expect("ledger");
+        assert!(rounds.len() >= 2);
+        let (v_g, _) = replay(&settings, &rounds, &ledger, &agents);
+        assert_eq!(final_v_g(&fed), v_g);
 
-    // Replaying round 2's commit writes nothing.
-    let round2: Vec<LedgerEntry> = ledger.iter().filter(|e| e.round == 2).cloned().collect();
-    assert!(!round2.is_empty());
-    let fed_rec = fed.snapshot().await.0;
-    let replayed = fed
-        .store()
-        .commit_bandit_round("crash", &rounds[1], &[0.0; 12], &round2, &fed_rec);
-    assert!(matches!(
-        replayed,
-        Err(crate::store::StoreError::Conflict { .. })
-    ));
-    assert_eq!(fed.store().record_ledger(&round2, None).expect("replay"), 0);
-    assert_eq!(fed.store().list_ledger("crash").expect("ledger"), ledger);
-    registry.shutdown();
+        // Replaying round 2's commit writes nothing.
+        let round2: Vec<LedgerEntry> = ledger.iter().filter(|e| e.round == 2).cloned().collect();
+        assert!(!round2.is_empty());
+        let fed_rec = fed.snapshot().await.0;
+        let replayed = fed
+            .store()
+            .commit_bandit_round("crash", &rounds[1], &[0.0; 12], &round2, &fed_rec);
+        assert!(matches!(
+            replayed,
+            Err(crate::store::StoreError::Conflict { .. })
+        ));
+        assert_eq!(fed.store().record_ledger(&round2, None).expect("replay"), 0);
+        assert_eq!(fed.store().list_ledger("crash").expect("ledger"), ledger);
+        registry.shutdown();
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_reported_failed_after_it_reached_the_disk_is_adopted() {
-    let faults = Arc::new(Faults::default());
-    faults.durable_but_failed.store(1, Ordering::SeqCst);
-    let registry = Registry::open(FaultyBackend::store(faults.clone())).expect("registry");
-    let fed = registry.create(config("faulty", 2, 150)).expect("created");
-    let settings = fed.config().bandit.expect("bandit");
-    let mut events = fed.subscribe_events();
-    let agents = enroll(&fed, 2).await;
-    let agents = run_all(&fed, agents, None).await;
-    wait_status(&fed, FederationStatus::Finished).await;
-    assert_eq!(
-        faults.durable_but_failed.load(Ordering::SeqCst),
-        0,
-        "the fault fired"
-    );
-    let rounds = fed.store().list_rounds("faulty").expect("rounds");
-    let ledger = fed.store().list_ledger("faulty").expect("ledger");
-    let (v_g, totals) = replay(&settings, &rounds, &ledger, &agents);
-    assert_eq!(final_v_g(&fed), v_g);
-    for a in &agents {
+    bounded(async {
+        let faults = Arc::new(Faults::default());
+        faults.durable_but_failed.store(1, Ordering::SeqCst);
+        let registry = Registry::open(FaultyBackend::store(faults.clone())).expect("registry");
+        let fed = registry.create(config("faulty", 2, 150)).expect("created");
+        let settings = fed.config().bandit.expect("bandit");
+        let mut events = fed.subscribe_events();
+        let agents = enroll(&fed, 2).await;
+        let agents = run_all(&fed, agents, None).await;
+        wait_status(&fed, FederationStatus::Finished).await;
         assert_eq!(
-            a.paid.values().sum::<f64>(),
-            totals.get(&a.id).copied().unwrap_or(0.0)
+            faults.durable_but_failed.load(Ordering::SeqCst),
+            0,
+            "the fault fired"
         );
-    }
-    let mut recorded = BTreeMap::new();
-    while let Ok(event) = events.try_recv() {
-        if let Event::LedgerRecorded { round, entries } = event {
-            *recorded.entry(round).or_insert(0) += entries.len();
+        let rounds = fed.store().list_rounds("faulty").expect("rounds");
+        let ledger = fed.store().list_ledger("faulty").expect("ledger");
+        let (v_g, totals) = replay(&settings, &rounds, &ledger, &agents);
+        assert_eq!(final_v_g(&fed), v_g);
+        for a in &agents {
+            assert_eq!(
+                a.paid.values().sum::<f64>(),
+                totals.get(&a.id).copied().unwrap_or(0.0)
+            );
         }
-    }
-    let mut expected = BTreeMap::new();
-    for e in &ledger {
-        *expected.entry(e.round).or_insert(0) += 1;
-    }
-    assert_eq!(recorded, expected, "each round's payments announced once");
-    registry.shutdown();
+        let mut recorded = BTreeMap::new();
+        while let Ok(event) = events.try_recv() {
+            if let Event::LedgerRecorded { round, entries } = event {
+                *recorded.entry(round).or_insert(0) += entries.len();
+            }
+        }
+        let mut expected = BTreeMap::new();
+        for e in &ledger {
+            *expected.entry(e.round).or_insert(0) += 1;
+        }
+        assert_eq!(recorded, expected, "each round's payments announced once");
+        registry.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_trigger_voids_its_round_and_the_run_goes_on() {
+    bounded(async {
+        const HORIZON: u64 = 300;
+        let registry = Registry::open(Store::memory()).expect("registry");
+        let fed = registry
+            .create(config("cheat", 3, HORIZON))
+            .expect("created");
+        let settings = fed.config().bandit.expect("bandit");
+        let mut agents = enroll(&fed, 3).await;
+        agents[0].quirk = Quirk::FalseTrigger;
+        let cheater = agents[0].id.clone();
+        let agents = run_all(&fed, agents, None).await;
+        wait_status(&fed, FederationStatus::Finished).await;
+
+        assert_eq!(agents.iter().map(|a| a.steps).sum::<u64>(), HORIZON);
+        let (step, true_statistic) = agents[0].cheated.expect("the cheater cheated once");
+        assert!(true_statistic <= settings.threshold);
+        let rounds = fed.store().list_rounds("cheat").expect("rounds");
+        let ledger = fed.store().list_ledger("cheat").expect("ledger");
+        let void: Vec<&RoundRecord> = rounds
+            .iter()
+            .filter(|r| r.bandit.as_ref().is_some_and(|b| b.void_reason.is_some()))
+            .collect();
+        assert_eq!(void.len(), 1, "only the false trigger is void");
+        let (k, b) = (void[0].round, void[0].bandit.as_ref().expect("bandit"));
+        assert_eq!(
+            (b.step, b.trigger_client.as_str()),
+            (step, cheater.as_str())
+        );
+        assert!(
+            b.void_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("the trigger did not verify")),
+            "{:?}",
+            b.void_reason
+        );
+        // The server's recomputation is the cheater's own LinUCB statistic, bit for bit.
+        assert_eq!(b.trigger_statistic, Some(true_statistic));
+        assert_eq!(b.reports.len(), 3, "everyone reported");
+        assert!(
+            ledger.iter().all(|e| e.round != k),
+            "nobody paid in round {k}"
+        );
+        assert!(void[0].participants.is_empty());
+        // The replay checks every other round and that the void one aggregated nothing.
+        let (v_g, totals) = replay(&settings, &rounds, &ledger, &agents);
+        assert_eq!(
+            final_v_g(&fed),
+            v_g,
+            "V_g holds the settled rounds' updates only"
+        );
+        for a in &agents {
+            assert_eq!(a.paid.get(&k), Some(&0.0), "{} synced round {k}", a.id);
+            assert_eq!(a.synced, rounds.len() as u64, "{} synced every round", a.id);
+            let got: f64 = a.paid.values().sum();
+            assert_eq!(got, totals.get(&a.id).copied().unwrap_or(0.0), "{}", a.id);
+        }
+        assert!(
+            rounds.last().is_some_and(|r| r.round > k),
+            "rounds followed the void one"
+        );
+        registry.shutdown();
+    })
+    .await;
+}
+
+/// Round 1 of three clients with short deadlines, played by hand: the trigger client and a
+/// second client report, the third never does; both reporters are needed (`beta = 1`) and
+/// selected, but only the trigger client uploads. After the deadlines the round commits
+/// with the trigger client alone aggregated and paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_miss_the_report_or_upload_deadline_are_left_out() {
+    bounded(async {
+        let registry = Registry::open(Store::memory()).expect("registry");
+        let mut cfg = config("late", 3, 1);
+        cfg.round_timeout_ms = 1500;
+        if let Some(b) = cfg.bandit.as_mut() {
+            b.threshold = 1e-9;
+            b.beta = 1.0;
+        }
+        let fed = registry.create(cfg).expect("created");
+        let agents = enroll(&fed, 3).await;
+        let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+        let active = active_client(fed.config().seed, 1, 3);
+        let (player, second, silent) =
+            (&ids[active], &ids[(active + 1) % 3], &ids[(active + 2) % 3]);
+        assert_eq!(
+            task(&fed, player).await,
+            NextTask::Bandit(BanditTask::Play { step: 1, t_last: 0 })
+        );
+        fed.submit_bandit(player, step(1, 0.5))
+            .await
+            .expect("played");
+        let gram = |i: usize| {
+            let mut g = vec![0.0; 9];
+            g[i * 3 + i] = 1.0;
+            g
+        };
+        for (id, g) in [(player, gram(0)), (second, gram(1))] {
+            assert_eq!(
+                task(&fed, id).await,
+                NextTask::Bandit(BanditTask::Report { round: 1 })
+            );
+            let report = crate::store::BanditReport {
+                cost: 1.0,
+                gram_update: g,
+            };
+            fed.submit_bandit(id, Submission::Report { round: 1, report })
+                .await
+                .expect("reported");
+        }
+        // The silent client never reports; after the report deadline both reporters are
+        // asked for their uploads, and only the player answers.
+        for id in [player, second] {
+            assert_eq!(
+                task(&fed, id).await,
+                NextTask::Bandit(BanditTask::Upload { round: 1 })
+            );
+        }
+        fed.submit_bandit(
+            player,
+            Submission::Upload {
+                round: 1,
+                b: vec![0.5, 0.0, 0.0],
+            },
+        )
+        .await
+        .expect("uploaded");
+        // After the upload deadline the round commits; everyone downloads it (the silent
+        // client first: its task is a Wait until then, the second's is still the upload).
+        for id in [silent, player, second] {
+            let NextTask::Bandit(BanditTask::Sync {
+                round: 1,
+                aggregate,
+                selected,
+                payment,
+            }) = task(&fed, id).await
+            else {
+                panic!("expected the sync of round 1");
+            };
+            assert_eq!(aggregate.v_g, gram(0), "only the uploader's dV");
+            assert_eq!(aggregate.b_g, vec![0.5, 0.0, 0.0]);
+            assert_eq!(selected, id == player, "{id}");
+            assert_eq!(payment > 0.0, id == player, "{id}: {payment}");
+            fed.submit_bandit(id, Submission::Synced { round: 1 })
+                .await
+                .expect("synced");
+        }
+        wait_status(&fed, FederationStatus::Finished).await;
+
+        let rounds = fed.store().list_rounds("late").expect("rounds");
+        assert_eq!(rounds.len(), 1);
+        let r = &rounds[0];
+        assert_eq!(r.participants, vec![player.clone()]);
+        let mut stragglers = vec![second.clone(), silent.clone()];
+        stragglers.sort_by_key(|c| ids.iter().position(|i| i == c));
+        assert_eq!(
+            r.stragglers, stragglers,
+            "the silent one and the non-uploader"
+        );
+        let b = r.bandit.as_ref().expect("bandit");
+        assert_eq!(b.void_reason, None);
+        assert!(b.trigger_statistic.is_some_and(|s| s > 1e-9));
+        let mut selected = b.selected.clone();
+        selected.sort();
+        let mut both = vec![player.clone(), second.clone()];
+        both.sort();
+        assert_eq!(selected, both, "both reporters were needed");
+        assert!(b.reports.iter().all(|c| &c.client_id != silent));
+        let unpaid = b
+            .reports
+            .iter()
+            .find(|c| &c.client_id == second)
+            .expect("reported");
+        assert!(unpaid.selected && unpaid.payment == 0.0);
+        let ledger = fed.store().list_ledger("late").expect("ledger");
+        assert_eq!(ledger.len(), 1);
+        assert_eq!(&ledger[0].client_id, player);
+        assert_eq!(final_v_g(&fed), gram(0));
+        drop(agents);
+        registry.shutdown();
+    })
+    .await;
+}
+
+/// A step, report or upload that reached the store although its write reported failure
+/// (simulated by writing it behind the run's back) is the one the run uses; a different
+/// submission in its place is refused with the same message as any second submission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_but_unacknowledged_write_is_adopted() {
+    bounded(async {
+        let (registry, fed, agents) = one_round_federation(Store::memory()).await;
+        let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+        let active = active_client(fed.config().seed, 1, 2);
+        let (player, other) = (&ids[active], &ids[1 - active]);
+        let store = fed.store().clone();
+        assert_eq!(
+            task(&fed, player).await,
+            NextTask::Bandit(BanditTask::Play { step: 1, t_last: 0 })
+        );
+        let stored = crate::store::BanditStepRecord {
+            client_id: player.clone(),
+            step: 1,
+            reward: 0.25,
+            trigger_statistic: 1.0,
+            triggered: true,
+        };
+        store.put_bandit_step("hand", &stored).expect("written");
+        let err = fed
+            .submit_bandit(player, step(1, 0.5))
+            .await
+            .expect_err("another reward");
+        assert!(
+            matches!(&err, ServiceError::AlreadyExists(m)
+                if m.contains("step 1 is already recorded with reward 0.25")
+                    && m.contains("pull the next task")),
+            "{err}"
+        );
+        // The run adopted the stored step: its repeat is acknowledged and round 1 opens.
+        fed.submit_bandit(player, step(1, 0.25))
+            .await
+            .expect("the stored step, repeated");
+        for id in &ids {
+            assert_eq!(
+                task(&fed, id).await,
+                NextTask::Bandit(BanditTask::Report { round: 1 })
+            );
+        }
+        let gram = |i: usize| {
+            let mut g = vec![0.0; 9];
+            g[i * 3 + i] = 1.0;
+            g
+        };
+        let report = |cost: f64, i: usize| crate::store::BanditReport {
+            cost,
+            gram_update: gram(i),
+        };
+        store
+            .put_bandit_report("hand", 1, other, &report(0.25, 1))
+            .expect("written");
+        let err = fed
+            .submit_bandit(
+                other,
+                Submission::Report {
+                    round: 1,
+                    report: report(0.75, 1),
+                },
+            )
+            .await
+            .expect_err("another cost");
+        let second = format!("a different report of {other} for round 1 was already accepted");
+        assert!(
+            matches!(&err, ServiceError::AlreadyExists(m) if m.contains(&second)),
+            "{err}"
+        );
+        fed.submit_bandit(
+            player,
+            Submission::Report {
+                round: 1,
+                report: report(1.0, 0),
+            },
+        )
+        .await
+        .expect("reported");
+        // Both are needed for 60% of g(both) and upload; the other's upload is stored first.
+        for id in [player, other] {
+            assert_eq!(
+                task(&fed, id).await,
+                NextTask::Bandit(BanditTask::Upload { round: 1 })
+            );
+        }
+        store
+            .put_bandit_upload("hand", 1, other, &[9.0, 9.0, 9.0])
+            .expect("written");
+        let upload = |b: Vec<f64>| Submission::Upload { round: 1, b };
+        let err = fed
+            .submit_bandit(other, upload(vec![1.0; 3]))
+            .await
+            .expect_err("another upload");
+        assert!(
+            matches!(&err, ServiceError::AlreadyExists(m) if m.contains("a different upload")),
+            "{err}"
+        );
+        fed.submit_bandit(player, upload(vec![0.5, 0.0, 0.0]))
+            .await
+            .expect("uploaded");
+        for id in &ids {
+            let NextTask::Bandit(BanditTask::Sync { aggregate, .. }) = task(&fed, id).await else {
+                panic!("expected the sync of round 1");
+            };
+            assert_eq!(
+                aggregate.b_g,
+                vec![9.5, 9.0, 9.0],
+                "the stored upload counts"
+            );
+            fed.submit_bandit(id, Submission::Synced { round: 1 })
+                .await
+                .expect("synced");
+        }
+        wait_status(&fed, FederationStatus::Finished).await;
+        let rounds = fed.store().list_rounds("hand").expect("rounds");
+        let b = rounds[0].bandit.as_ref().expect("bandit");
+        let cost = b.reports.iter().find(|c| &c.client_id == other);
+        assert_eq!(
+            cost.map(|c| c.reported_cost),
+            Some(0.25),
+            "the stored report counts"
+        );
+        let last = fed.store().last_bandit_step("hand").expect("read");
+        assert_eq!(last, Some(stored));
+        registry.shutdown();
+    })
+    .await;
 }
 
 #[test]

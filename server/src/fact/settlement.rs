@@ -31,7 +31,9 @@
 
 use std::collections::BTreeMap;
 
+use fedval_core::incentive::IncentiveError;
 use fedval_core::incentive::fact::{AgentSettlement, Settlement, settle};
+use fedval_core::seed::mix_seed;
 
 use crate::config::FederationConfig;
 use crate::fact::FactSettings;
@@ -52,16 +54,10 @@ pub struct RoundSettlement {
 }
 
 /// The seed of round `round`'s sandwich groups: `base` (the `fact.seed`, else the
-/// federation's seed) and the round mixed by the SplitMix64 finaliser, so consecutive
-/// rounds draw unrelated groupings and the same round always draws the same.
+/// federation's seed) and the round mixed by [`mix_seed`], so consecutive rounds draw
+/// unrelated groupings and the same round always draws the same.
 pub fn grouping_seed(base: u64, round: u64) -> u64 {
-    fn splitmix(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    splitmix(splitmix(base) ^ round)
+    mix_seed(base, &[round])
 }
 
 /// Settles round `round` of a FACT federation over the `updates` it aggregated (`None`
@@ -160,16 +156,33 @@ fn run(
 ) -> Result<Settlement, String> {
     let costs: Vec<f64> = participants.iter().map(|p| p.cost).collect();
     let claims: Vec<f64> = participants.iter().map(|p| p.claimed).collect();
-    settle(&settings.params(), &costs, &claims, seed).map_err(|e| {
-        format!(
-            "{e} (participants in enrollment order: {})",
-            participants
-                .iter()
-                .map(|p| p.client_id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
+    settle(&settings.params(), &costs, &claims, seed).map_err(|e| refusal(&e, participants))
+}
+
+/// Why the core refused to settle `participants`: a reason about one agent (`agent i`, its
+/// index in enrollment order) names that participant's client id instead; any other
+/// reason lists the participants.
+fn refusal(e: &IncentiveError, participants: &[Participant]) -> String {
+    let message = e.to_string();
+    let agent = match e {
+        IncentiveError::InvalidAgentValue { agent, .. }
+        | IncentiveError::CostBelowThreshold { agent, .. } => Some(*agent),
+        _ => None,
+    };
+    if let Some(a) = agent
+        && let Some(p) = participants.get(a)
+        && let Some(rest) = message.strip_prefix(&format!("agent {a}"))
+    {
+        return format!("client {}{rest}", p.client_id);
+    }
+    format!(
+        "{message} (participants in enrollment order: {})",
+        participants
+            .iter()
+            .map(|p| p.client_id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Every number that produced agent `a`'s penalty and prize, by name: its report and
@@ -494,30 +507,45 @@ mod tests {
         assert_eq!(settle_round(&config(1), 1, &clients, &all, 0), None);
     }
 
-    /// Extreme costs that enrollment accepts (finite, > 0, with a finite m*) break the
-    /// penalty: 1e300 overflows `lambda` to inf (an infinite penalty), 1e-300 makes the
-    /// agent's m* swallow the total (the core refuses it). The ledger refuses non-finite
-    /// amounts, so such a round must be skipped, not handed to the commit (which would
-    /// fail on every retry and stall the federation's round loop).
-    #[test]
-    fn a_settlement_the_ledger_cannot_hold_is_skipped() {
+    /// Settles `costs` (which enrollment accepts), each client claiming 10 points, and
+    /// returns why the round was skipped.
+    fn skipped_with_costs(costs: [f64; 3]) -> String {
         let cfg = fact_config();
         let settings = cfg.fact.expect("fact");
-        for (extreme, why) in [
-            (1e300, "penalty of client-0001 is inf"),
-            (1e-300, "agent 1"),
-        ] {
-            crate::fact::check_reported_cost(&settings, extreme).expect("enrollment accepts it");
-            let mut clients = three();
-            clients[1].cost_per_point = Some(extreme);
-            let updates: Vec<UpdateRecord> =
-                clients.iter().map(|c| update(&c.client_id, 10)).collect();
-            let s = settle_round(&cfg, 2, &clients, &updates, 0).expect("FACT");
-            assert!(s.entries.is_empty(), "cost {extreme}: {:?}", s.entries);
-            assert_eq!(s.metrics, vec![("fact_skipped".to_string(), 1.0)]);
-            let reason = s.skipped.expect("a reason");
-            assert!(reason.contains(why), "{reason}");
+        let mut clients = three();
+        for (c, cost) in clients.iter_mut().zip(costs) {
+            crate::fact::check_reported_cost(&settings, cost).expect("enrollment accepts it");
+            c.cost_per_point = Some(cost);
         }
+        let updates: Vec<UpdateRecord> = clients.iter().map(|c| update(&c.client_id, 10)).collect();
+        let s = settle_round(&cfg, 2, &clients, &updates, 0).expect("FACT");
+        assert!(s.entries.is_empty(), "costs {costs:?}: {:?}", s.entries);
+        assert_eq!(s.metrics, vec![("fact_skipped".to_string(), 1.0)]);
+        s.skipped.expect("a reason")
+    }
+
+    /// An extreme cost that enrollment accepts (finite, > 0, with a finite m* an update
+    /// can claim) breaks the penalty: 1e300 overflows `lambda` to inf (an infinite
+    /// penalty). The ledger refuses non-finite amounts, so such a round must be skipped,
+    /// not handed to the commit (which would fail on every retry and stall the
+    /// federation's round loop).
+    #[test]
+    fn a_settlement_the_ledger_cannot_hold_is_skipped() {
+        let reason = skipped_with_costs([cost_for(10.0), 1e300, cost_for(40.0)]);
+        assert!(reason.contains("penalty of client-0001 is inf"), "{reason}");
+    }
+
+    /// The core refuses a settlement where one agent's m* (2^39) swallows the total (the
+    /// others' m* of about 7e-151 vanish beside it): the reason names that client by its
+    /// id, not by its index among the participants.
+    #[test]
+    fn a_core_refusal_names_the_client_not_the_agent_index() {
+        let reason = skipped_with_costs([1e300, cost_for(2f64.powi(39)), 1e300]);
+        assert!(
+            reason.starts_with("client client-0001: invalid total data "),
+            "{reason}"
+        );
+        assert!(!reason.contains("agent 1"), "{reason}");
     }
 
     #[test]

@@ -59,6 +59,16 @@ pub struct BanditRound {
     pub target: f64,
     /// Every client that reported, in enrollment order.
     pub reports: Vec<ClientBanditReport>,
+    /// The trigger statistic the server recomputed from the trigger client's reported `dV`
+    /// and the aggregate it last downloaded; `None` when it could not be recomputed (the
+    /// trigger client did not report, or its matrices could not be factored).
+    #[serde(default)]
+    pub trigger_statistic: Option<f64>,
+    /// Why the round was void (its trigger did not verify, or its selection could not be
+    /// computed): nobody was selected or paid and the aggregate did not change. `None` for
+    /// a settled round.
+    #[serde(default)]
+    pub void_reason: Option<String>,
 }
 
 /// One client's report in a communication round and what it got.
@@ -454,6 +464,8 @@ mod tests {
                     capped: false,
                     gain: 0.25,
                 }],
+                trigger_statistic: Some(1.0 / 3.0),
+                void_reason: None,
             }),
             ..RoundRecord::committed(1, 0, vec!["b".into()], vec![], vec![], false)
         };
@@ -516,6 +528,23 @@ mod tests {
         assert_eq!(
             store.get_bandit_aggregate("b/1").expect("read"),
             Some(aggregate.to_vec())
+        );
+    }
+
+    #[test]
+    fn rounds_recorded_before_trigger_verification_still_decode() {
+        let old = r#"{"step":4,"trigger_client":"a","selected":["b"],"value":1.5,"target":1.25,"reports":[]}"#;
+        let round: BanditRound = serde_json::from_str(old).expect("decodes");
+        assert_eq!((round.trigger_statistic, round.void_reason), (None, None));
+        let void = BanditRound {
+            trigger_statistic: Some(0.1 + 0.2),
+            void_reason: Some("the trigger client did not report".into()),
+            ..round
+        };
+        let json = serde_json::to_string(&void).expect("encodes");
+        assert_eq!(
+            serde_json::from_str::<BanditRound>(&json).expect("decodes"),
+            void
         );
     }
 

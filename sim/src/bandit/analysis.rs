@@ -13,8 +13,9 @@ use fedval_client::BanditTrace;
 /// (deducted from its payment and counted as compensation).
 pub const CREDITED_INPUT: &str = "credited_value";
 
-/// Relative tolerance of the money and log-det comparisons.
-const TOLERANCE: f64 = 1e-9;
+/// Tolerance of the money, log-det, reward and utility comparisons of the analysis and
+/// the replay (relative to the larger magnitude, at least absolute).
+pub(super) const TOLERANCE: f64 = 1e-9;
 
 /// One client's run: who it is and what its node recorded.
 #[derive(Clone, Debug)]
@@ -109,7 +110,7 @@ pub struct Outcome {
 }
 
 /// `|a - b|` within [`TOLERANCE`] relative to the larger magnitude (at least 1).
-fn close(a: f64, b: f64) -> bool {
+pub(super) fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= TOLERANCE * a.abs().max(b.abs()).max(1.0)
 }
 

@@ -5,9 +5,8 @@
 
 use fedval_core::aggregate::AggregatorSpec;
 use fedval_core::data::{self, partition};
-use fedval_core::incentive::environment::{
-    DigitsEnvironment, Environment, LinearEnvironment, indexed_rng,
-};
+use fedval_core::incentive::environment::{DigitsEnvironment, Environment, LinearEnvironment};
+use fedval_core::seed::indexed_rng;
 use fedval_proto::v1 as pb;
 use fedval_server::config::{BanditMechanism, BanditSettings, MAX_BANDIT_CLIENTS};
 use rand::{Rng, SeedableRng};

@@ -20,12 +20,9 @@ use fedval_core::incentive::truthfedban::{LinUcbClient, Mechanism, SelectionProb
 use fedval_proto::v1 as pb;
 use serde::Serialize;
 
-use super::analysis::ClientRun;
+use super::analysis::{ClientRun, TOLERANCE, close};
 use super::config::BanditSim;
 use crate::SimError;
-
-/// Tolerance of the reward, payment and utility comparisons (relative, at least absolute).
-const TOLERANCE: f64 = 1e-9;
 
 /// One payment rule's per-round utilities of the focal client.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -70,10 +67,6 @@ pub struct Replay {
     pub max_payment_error: f64,
     /// Set when a focal client was given.
     pub per_round: Option<PerRoundCheck>,
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= TOLERANCE * a.abs().max(b.abs()).max(1.0)
 }
 
 fn core_err(e: fedval_core::incentive::IncentiveError) -> SimError {
@@ -180,6 +173,13 @@ pub fn replay(
         let Some(&(round, record)) = rounds.get(&t) else {
             continue;
         };
+        if !record.void_reason.is_empty() {
+            // A void round selects and pays nobody and leaves the aggregate as it was; there
+            // is no selection to compare or to check for truthfulness.
+            t_last = t;
+            out.rounds += 1;
+            continue;
+        }
         let mut reports = vec![f64::NAN; n];
         for r in &record.reports {
             if let Some(&j) = index.get(r.client_id.as_str()) {

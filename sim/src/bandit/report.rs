@@ -14,8 +14,8 @@ use super::analysis::{Outcome, scaled_regret};
 use super::replay::{PerRoundCheck, Replay};
 use super::sweep::SweepTable;
 use crate::SimError;
-use crate::plot::{self, LineChart, Series, escape};
-use crate::report::{PAGE_CSS, csv_field, key_value_table, num, write_file};
+use crate::plot::{LineChart, Series, escape};
+use crate::report::{csv_field, key_value_table, num, page_head, write_file, write_json};
 use crate::scenario::SimConfig;
 
 /// Points of the regret charts.
@@ -57,13 +57,7 @@ impl BanditReport {
     /// Writes `report.json`, `regret.csv`, `rounds.csv`, `sweep.csv` (with a sweep) and
     /// `report.html` into `dir`, creating it if needed.
     pub fn write(&self, dir: &Path) -> Result<(), SimError> {
-        std::fs::create_dir_all(dir).map_err(|e| SimError::Output {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| SimError::Config(format!("report serialisation: {e}")))?;
-        write_file(&dir.join("report.json"), &json)?;
+        write_json(dir, self)?;
         let mut regret = String::from("step,cumulative_regret,regret_over_sqrt_t\n");
         for &(t, r) in &self.outcome.curve {
             let _ = writeln!(regret, "{t},{r:.8},{:.8}", r / (t.max(1) as f64).sqrt());
@@ -163,23 +157,7 @@ impl BanditReport {
                 c.detail
             );
         }
-        match &self.replay {
-            Some(r) => {
-                let _ = writeln!(
-                    s,
-                    "replay: {} steps and {} rounds with fedval-core; {} selection mismatches; \
-                     max payment error {:.2e}{}",
-                    r.steps,
-                    r.rounds,
-                    r.selection_mismatches,
-                    r.max_payment_error,
-                    r.divergence
-                        .as_ref()
-                        .map_or(String::new(), |d| format!("; stopped: {d}"))
-                );
-            }
-            None => s.push_str("replay: skipped\n"),
-        }
+        let _ = writeln!(s, "replay: {}", self.replay_summary());
         if let Some(sweep) = &self.sweep {
             s.push_str(&sweep.text());
         }
@@ -303,6 +281,24 @@ impl BanditReport {
         s
     }
 
+    /// What the replay found, in one line (`skipped` without a replay).
+    fn replay_summary(&self) -> String {
+        match &self.replay {
+            Some(r) => format!(
+                "{} steps and {} rounds with fedval-core; {} selection mismatches; max payment \
+                 error {:.2e}{}",
+                r.steps,
+                r.rounds,
+                r.selection_mismatches,
+                r.max_payment_error,
+                r.divergence
+                    .as_ref()
+                    .map_or(String::new(), |d| format!("; stopped: {d}"))
+            ),
+            None => "skipped".into(),
+        }
+    }
+
     fn checks_html(&self) -> String {
         let mut rows: Vec<(&str, String)> = self
             .outcome
@@ -315,35 +311,16 @@ impl BanditReport {
                 )
             })
             .collect();
-        let replay = match &self.replay {
-            Some(r) => format!(
-                "{} steps, {} rounds; {} selection mismatches; max payment error {:.2e}{}",
-                r.steps,
-                r.rounds,
-                r.selection_mismatches,
-                r.max_payment_error,
-                r.divergence
-                    .as_ref()
-                    .map_or(String::new(), |d| format!("; stopped: {d}"))
-            ),
-            None => "skipped".into(),
-        };
-        rows.push(("replay with fedval-core", replay));
+        rows.push(("replay", self.replay_summary()));
         key_value_table(&rows)
     }
 
     /// The self-contained `report.html` page.
     pub fn html(&self) -> String {
-        let title = format!(
+        let mut s = page_head(&format!(
             "fedval bandit simulation: {} ({}, {})",
             self.env, self.mechanism, self.federation_id
-        );
-        let mut s = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>{t}</title>\
-             <style>{PAGE_CSS}{}</style></head><body><h1>{t}</h1><h2>Run</h2>",
-            plot::CHART_CSS,
-            t = escape(&title)
-        );
+        ));
         s.push_str(&key_value_table(&self.run_rows()));
         s.push_str("<h2>Regret</h2>");
         if self.env == "digits" {

@@ -6,12 +6,10 @@
 
 use std::time::Instant;
 
-use fedval_client::{BanditClient, CostModel, RoundCost, RunOptions, connect, run_bandit_node};
+use fedval_client::{BanditClient, CostModel, RoundCost, connect, run_bandit_node};
 use fedval_core::incentive::environment::Environment;
 use fedval_proto::v1 as pb;
 use fedval_server::config::BanditMechanism;
-use indicatif::{ProgressBar, ProgressStyle};
-use tokio::sync::oneshot;
 
 use super::analysis::{ClientRun, Outcome, outcome};
 use super::config::{BanditSim, SweepSpec};
@@ -19,7 +17,9 @@ use super::replay::replay;
 use super::report::BanditReport;
 use super::sweep::{SweepRow, SweepTable};
 use crate::SimError;
-use crate::runner::{Finished, SimOptions, Target, Turn, finish, follow_rounds, target};
+use crate::runner::{
+    Finished, Launch, SimOptions, Target, Turn, Turns, finish, follow_rounds, progress_bar, target,
+};
 
 /// Largest `d` the report replays (the replay factorises a `d x d` matrix per step; the
 /// digits encoding's `d = 170` would take longer than the run).
@@ -44,15 +44,6 @@ impl CostModel for SeededCosts {
     }
 }
 
-/// Where the client tasks connect.
-#[derive(Clone)]
-struct Launch {
-    url: String,
-    federation_id: String,
-    secret: String,
-    run_opts: RunOptions,
-}
-
 /// Starts client `index`: connect, enroll in its turn, run the bandit node.
 fn spawn_client(
     launch: &Launch,
@@ -67,14 +58,14 @@ fn spawn_client(
     tokio::spawn(async move {
         let name = format!("client-{index:02}");
         let channel = connect(&launch.url).await?;
-        if let Some(wait) = turn.wait {
-            // An error means the previous client failed before enrolling; its task reports it.
-            let _ = wait.await;
-        }
-        let enrolled =
-            BanditClient::enroll(channel, &launch.federation_id, &launch.secret, &name).await;
-        let _ = turn.done.send(());
-        let mut client = enrolled?;
+        let mut client = turn
+            .enroll(BanditClient::enroll(
+                channel,
+                &launch.federation_id,
+                &launch.secret,
+                &name,
+            ))
+            .await?;
         let trace =
             run_bandit_node(&mut client, env.as_mut(), &mut costs, &launch.run_opts).await?;
         Ok(ClientRun {
@@ -86,21 +77,6 @@ fn spawn_client(
             trace,
         })
     })
-}
-
-/// A progress bar of `len` steps drawn with `template` (hidden unless `show`).
-fn progress(show: bool, len: u64, template: &str) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(len)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar
 }
 
 /// What one federation run left.
@@ -123,12 +99,9 @@ pub(crate) async fn run_federation(
     let envs = sim.environments(clients, seed)?;
     let Target {
         embedded,
-        url,
-        federation_id,
-        secret,
+        launch,
         mut admin,
         mut events,
-        run_opts,
     } = target(opts, |id, secret| {
         sim.federation_config(
             id,
@@ -140,29 +113,18 @@ pub(crate) async fn run_federation(
         )
     })
     .await?;
-    let launch = Launch {
-        url: url.clone(),
-        federation_id: federation_id.clone(),
-        secret,
-        run_opts,
-    };
+    let mut turns = Turns::default();
     let mut tasks = Vec::with_capacity(clients);
-    let mut previous: Option<oneshot::Receiver<()>> = None;
     for (index, env) in envs.into_iter().enumerate() {
-        let (done, next) = oneshot::channel();
-        let turn = Turn {
-            wait: previous.replace(next),
-            done,
-        };
         let costs = SeededCosts {
             sim: sim.clone(),
             seed,
             client: index,
             factor: sim.report_factor(index),
         };
-        tasks.push(spawn_client(&launch, index, env, costs, turn));
+        tasks.push(spawn_client(&launch, index, env, costs, turns.next()));
     }
-    let bar = progress(
+    let bar = progress_bar(
         show_progress,
         sim.horizon,
         "{spinner} step {pos}/{len} [{bar:30}] {elapsed} {msg}",
@@ -179,30 +141,21 @@ pub(crate) async fn run_federation(
     let Finished {
         results: runs,
         rounds: records,
+        ledger,
         ..
     } = finish(
         tasks,
         "bandit client",
         |r| r.index,
         &mut admin,
-        &federation_id,
-        None,
+        &launch.federation_id,
+        embedded,
     )
     .await?;
-    let ledger = admin
-        .list_ledger(pb::ListLedgerRequest {
-            federation_id: federation_id.clone(),
-            client_id: None,
-        })
-        .await?
-        .into_inner();
-    if let Some(server) = embedded {
-        server.shutdown().await?;
-    }
     let outcome = outcome(&runs, &records, &ledger);
     Ok(RunResult {
-        federation_id,
-        url,
+        federation_id: launch.federation_id,
+        url: launch.url,
         runs,
         records,
         outcome,
@@ -254,7 +207,7 @@ pub async fn sweep(
     spec.validate(opts.config.clients)
         .map_err(SimError::Config)?;
     let total = spec.mechanisms.len() * spec.factors.len();
-    let bar = progress(
+    let bar = progress_bar(
         opts.progress,
         total as u64,
         "{bar:30} {pos}/{len} runs {elapsed} {msg}",

@@ -14,14 +14,7 @@ async fn enroll(
     name: &str,
 ) -> (String, String) {
     let r = client
-        .enroll(pb::EnrollRequest {
-            federation_id: FED.into(),
-            enrollment_secret: SECRET.into(),
-            client_name: name.into(),
-            num_samples: 10,
-            num_features: 0,
-            cost_per_point: 0.0,
-        })
+        .enroll(enroll_request(FED, name, 10))
         .await
         .expect("enroll")
         .into_inner();
@@ -89,12 +82,7 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
         Code::InvalidArgument,
         "valuation.method",
     );
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(wire.clone()),
-        })
-        .await
-        .expect("create");
+    create_federation(&mut admin, wire.clone()).await;
     assert_status(
         admin
             .create_federation(pb::CreateFederationRequest { config: Some(wire) })
@@ -107,12 +95,8 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
     // Enrollment needs the secret.
     let bad_secret = raw
         .enroll(pb::EnrollRequest {
-            federation_id: FED.into(),
             enrollment_secret: "guess".into(),
-            client_name: "mallory".into(),
-            num_samples: 1,
-            num_features: 0,
-            cost_per_point: 0.0,
+            ..enroll_request(FED, "mallory", 1)
         })
         .await;
     assert_status(bad_secret, Code::Unauthenticated, "enrollment secret");
@@ -276,13 +260,7 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
         .send(&mut raw, &token_b)
         .await
         .expect("bob's upload");
-    let mut events = admin
-        .watch_events(pb::WatchEventsRequest {
-            federation_id: FED.into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut events = watch(&mut admin, FED).await;
     let rounds = loop {
         let rounds = list_rounds(&mut admin, FED).await;
         if !rounds.is_empty() {
@@ -307,16 +285,7 @@ async fn malformed_requests_are_refused_and_nothing_accepted_is_lost() {
         "closed",
     );
     // Unknown federation.
-    let unknown = raw
-        .enroll(pb::EnrollRequest {
-            federation_id: "nope".into(),
-            enrollment_secret: SECRET.into(),
-            client_name: "x".into(),
-            num_samples: 1,
-            num_features: 0,
-            cost_per_point: 0.0,
-        })
-        .await;
+    let unknown = raw.enroll(enroll_request("nope", "x", 1)).await;
     assert_status(unknown, Code::NotFound, "nope");
     // Admin calls need the admin token.
     let mut anonymous =

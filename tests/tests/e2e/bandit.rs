@@ -80,22 +80,28 @@ impl Environment for Linear {
     }
 }
 
-fn config() -> pb::FederationConfig {
+/// The bandit federation `id` of `clients` clients with the settings of `bandit`.
+fn federation(id: &str, clients: u32, bandit: pb::BanditConfig) -> pb::FederationConfig {
     pb::FederationConfig {
-        id: FED.into(),
+        id: id.into(),
         enrollment_secret: SECRET.into(),
-        min_clients: CLIENTS as u32,
+        min_clients: clients,
         round_timeout_ms: 600_000,
         seed: 5,
-        bandit: Some(pb::BanditConfig {
-            dim: DIM as u32,
-            horizon: HORIZON,
-            threshold: Some(5.0),
-            beta: Some(0.6),
-            ..Default::default()
-        }),
+        bandit: Some(bandit),
         ..Default::default()
     }
+}
+
+fn config() -> pb::FederationConfig {
+    let bandit = pb::BanditConfig {
+        dim: DIM as u32,
+        horizon: HORIZON,
+        threshold: Some(5.0),
+        beta: Some(0.6),
+        ..Default::default()
+    };
+    federation(FED, CLIENTS as u32, bandit)
 }
 
 /// Enrolls `clients` SDK clients in `federation`.
@@ -140,19 +146,8 @@ async fn bandit_clients_play_to_the_horizon_and_are_paid_what_the_ledger_says() 
     let server = start_server(Store::memory()).await;
     let url = server.url();
     let mut admin = admin(&url).await;
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(config()),
-        })
-        .await
-        .expect("create");
-    let mut events = admin
-        .watch_events(pb::WatchEventsRequest {
-            federation_id: FED.into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    create_federation(&mut admin, config()).await;
+    let mut events = watch(&mut admin, FED).await;
 
     let clients = enroll(&url, FED, CLIENTS).await;
     assert_eq!(clients[0].agent().dim, DIM);
@@ -203,14 +198,7 @@ async fn bandit_clients_play_to_the_horizon_and_are_paid_what_the_ledger_says() 
         }
     }
 
-    let ledger = admin
-        .list_ledger(pb::ListLedgerRequest {
-            federation_id: FED.into(),
-            client_id: None,
-        })
-        .await
-        .expect("ledger")
-        .into_inner();
+    let ledger = list_ledger(&mut admin, FED).await;
     for (id, trace) in ids.iter().zip(&traces) {
         assert_eq!(
             trace.rounds.len(),
@@ -296,21 +284,13 @@ async fn the_largest_dimension_fits_the_messages() {
     let server = start_server(Store::memory()).await;
     let url = server.url();
     let mut admin = admin(&url).await;
-    let mut config = config();
-    config.id = "bandit-wide".into();
-    config.min_clients = 2;
-    config.bandit = Some(pb::BanditConfig {
+    let bandit = pb::BanditConfig {
         dim: 256,
         horizon: 3,
         threshold: Some(1e-9),
         ..Default::default()
-    });
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(config),
-        })
-        .await
-        .expect("create");
+    };
+    create_federation(&mut admin, federation("bandit-wide", 2, bandit)).await;
     let clients = enroll(&url, "bandit-wide", 2).await;
     let traces = run(clients).await;
     assert_eq!(traces.iter().map(|t| t.steps.len()).sum::<usize>(), 3);
@@ -331,20 +311,12 @@ async fn bandit_wall_time_2000_steps_10_clients_redb() {
     let server = start_server(Store::open_redb(dir.path()).expect("redb")).await;
     let url = server.url();
     let mut admin = admin(&url).await;
-    let mut config = config();
-    config.id = "bandit-bench".into();
-    config.min_clients = 10;
-    config.bandit = Some(pb::BanditConfig {
+    let bandit = pb::BanditConfig {
         dim: 5,
         horizon: STEPS,
         ..Default::default()
-    });
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(config),
-        })
-        .await
-        .expect("create");
+    };
+    create_federation(&mut admin, federation("bandit-bench", 10, bandit)).await;
     let clients = enroll(&url, "bandit-bench", 10).await;
     let started = std::time::Instant::now();
     let traces = run(clients).await;

@@ -25,17 +25,8 @@ async fn federation_valued_with(
     valuation.max_lag_rounds = Some(max_lag_rounds);
     valuation.metric = "neg_log_loss".into();
     let mut admin = admin(url).await;
-    admin
-        .create_federation(pb::CreateFederationRequest { config: Some(wire) })
-        .await
-        .expect("create");
-    let mut events = admin
-        .watch_events(pb::WatchEventsRequest {
-            federation_id: id.into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    create_federation(&mut admin, wire).await;
+    let mut events = watch(&mut admin, id).await;
     let mut nodes = Vec::new();
     for (i, plan) in prepared.clients.iter().cloned().enumerate() {
         let url = url.to_string();

@@ -24,23 +24,8 @@ fn cost_for(m: f64) -> f64 {
 }
 
 fn config() -> pb::FederationConfig {
-    let spec = fedval_core::model::ModelSpec::LogisticRegression {
-        num_features: 2,
-        num_classes: 3,
-    };
-    assert_eq!(spec.num_params(), DIM);
+    assert_eq!(tiny_model().num_params(), DIM);
     pb::FederationConfig {
-        id: FED.into(),
-        enrollment_secret: SECRET.into(),
-        model: Some((&spec).into()),
-        rounds: ROUNDS as u32,
-        min_clients: 4,
-        round_timeout_ms: 60_000,
-        valuation: Some(pb::ValuationConfig {
-            method: "none".into(),
-            ..Default::default()
-        }),
-        seed: 5,
         fact: Some(pb::FactConfig {
             offset: Some(1.0),
             alpha: Some(1.5),
@@ -48,7 +33,7 @@ fn config() -> pb::FederationConfig {
             remainder: "random_extra".into(),
             seed: Some(17),
         }),
-        ..Default::default()
+        ..model_federation(FED, &tiny_model(), ROUNDS, 4, 5)
     }
 }
 
@@ -57,19 +42,8 @@ async fn fact_penalises_everyone_rewards_winners_and_records_it() {
     let server = start_server(Store::memory()).await;
     let url = server.url();
     let mut admin = admin(&url).await;
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(config()),
-        })
-        .await
-        .expect("create");
-    let mut events = admin
-        .watch_events(pb::WatchEventsRequest {
-            federation_id: FED.into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    create_federation(&mut admin, config()).await;
+    let mut events = watch(&mut admin, FED).await;
 
     // No cost (the plain enrollment sends 0) and a NaN cost are refused, actionably.
     let channel = connect(&url).await.expect("connect");
@@ -87,12 +61,8 @@ async fn fact_penalises_everyone_rewards_winners_and_records_it() {
     let mut raw = raw_coordinator(&url).await;
     let status = raw
         .enroll(pb::EnrollRequest {
-            federation_id: FED.into(),
-            enrollment_secret: SECRET.into(),
-            client_name: "nan".into(),
-            num_samples: 10,
-            num_features: 0,
             cost_per_point: f64::NAN,
+            ..enroll_request(FED, "nan", 10)
         })
         .await
         .expect_err("NaN cost");
@@ -129,13 +99,7 @@ async fn fact_penalises_everyone_rewards_winners_and_records_it() {
     };
     for round in 1..=ROUNDS {
         for (k, client) in clients.iter_mut().enumerate() {
-            let task = loop {
-                match client.pull_task().await.expect("pull") {
-                    Task::Wait { .. } => continue,
-                    Task::Train(t) if t.round < round => continue,
-                    other => break other,
-                }
-            };
+            let task = next_task(client, round).await;
             let Task::Train(t) = task else {
                 panic!("round {round}, client {k}: unexpected {task:?}");
             };
@@ -161,14 +125,7 @@ async fn fact_penalises_everyone_rewards_winners_and_records_it() {
             _ => {}
         }
     }
-    let ledger = admin
-        .list_ledger(pb::ListLedgerRequest {
-            federation_id: FED.into(),
-            client_id: None,
-        })
-        .await
-        .expect("ledger")
-        .into_inner();
+    let ledger = list_ledger(&mut admin, FED).await;
     assert_eq!(
         announced.iter().map(|l| l.round).collect::<Vec<_>>(),
         [1, 2]

@@ -26,23 +26,8 @@ fn delta(k: usize, round: u64) -> Vec<f32> {
 }
 
 fn config(id: &str) -> pb::FederationConfig {
-    let spec = fedval_core::model::ModelSpec::LogisticRegression {
-        num_features: 2,
-        num_classes: 3,
-    };
-    assert_eq!(spec.num_params(), DIM);
+    assert_eq!(tiny_model().num_params(), DIM);
     pb::FederationConfig {
-        id: id.into(),
-        enrollment_secret: SECRET.into(),
-        model: Some((&spec).into()),
-        rounds: ROUNDS as u32,
-        min_clients: 3,
-        round_timeout_ms: 60_000,
-        valuation: Some(pb::ValuationConfig {
-            method: "none".into(),
-            ..Default::default()
-        }),
-        seed: 3,
         // ratio 0.7: floor(0.7 * 3) = 2 recipients; a 4-round window and a low
         // significance so that exploitation starts within a few rounds.
         fair_reward: Some(pb::FairReward {
@@ -52,7 +37,7 @@ fn config(id: &str) -> pb::FederationConfig {
             seed: Some(9),
             ..Default::default()
         }),
-        ..Default::default()
+        ..model_federation(id, &tiny_model(), ROUNDS, 3, 3)
     }
 }
 
@@ -81,12 +66,7 @@ async fn fair_reward_rounds_are_recorded_and_models_follow_them() {
         err.message()
     );
 
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(config("fair")),
-        })
-        .await
-        .expect("create");
+    create_federation(&mut admin, config("fair")).await;
     let mut clients = Vec::new();
     for name in ["a", "b", "c"] {
         let channel = connect(&url).await.expect("connect");
@@ -103,13 +83,7 @@ async fn fair_reward_rounds_are_recorded_and_models_follow_them() {
             late = Some(FederationClient::enroll(channel, "fair", SECRET, "late", 10).await);
         }
         for (k, client) in clients.iter_mut().enumerate() {
-            let task = loop {
-                match client.pull_task().await.expect("pull") {
-                    Task::Wait { .. } => continue,
-                    Task::Train(t) if t.round < round => continue,
-                    other => break other,
-                }
-            };
+            let task = next_task(client, round).await;
             let Task::Train(t) = task else {
                 panic!("round {round}, client {k}: unexpected {task:?}");
             };

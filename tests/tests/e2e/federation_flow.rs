@@ -13,12 +13,7 @@ async fn five_clients_five_rounds_exact_shapley() {
     let url = server.url();
     let (config, prepared) = digits(5, 7);
     let mut admin = admin(&url).await;
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(digits_federation("flow", 5, &config, &prepared)),
-        })
-        .await
-        .expect("federation created");
+    create_federation(&mut admin, digits_federation("flow", 5, &config, &prepared)).await;
 
     let mut nodes = Vec::new();
     for (i, plan) in prepared.clients.iter().cloned().enumerate() {

@@ -43,12 +43,7 @@ async fn fifty_megabyte_update_uploads() {
         bandit: None,
     };
     let mut admin = admin(&url).await;
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(config),
-        })
-        .await
-        .expect("create");
+    create_federation(&mut admin, config).await;
 
     let mut client = FederationClient::enroll(
         connect(&url).await.expect("connect"),

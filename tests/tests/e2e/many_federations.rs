@@ -40,12 +40,11 @@ async fn federations_are_independent_and_can_be_stopped() {
     let (config, prepared) = digits(3, 21);
     let mut admin = admin(&url).await;
     for (id, rounds) in [("alpha", 3), ("beta", 1000), ("gamma", 1)] {
-        admin
-            .create_federation(pb::CreateFederationRequest {
-                config: Some(digits_federation(id, rounds, &config, &prepared)),
-            })
-            .await
-            .expect("create");
+        create_federation(
+            &mut admin,
+            digits_federation(id, rounds, &config, &prepared),
+        )
+        .await;
     }
     let listed = admin
         .list_federations(pb::ListFederationsRequest {})
@@ -62,14 +61,7 @@ async fn federations_are_independent_and_can_be_stopped() {
     // A token of gamma does not open beta.
     let mut raw = raw_coordinator(&url).await;
     let enrolled = raw
-        .enroll(pb::EnrollRequest {
-            federation_id: "gamma".into(),
-            enrollment_secret: SECRET.into(),
-            client_name: "outsider".into(),
-            num_samples: 1,
-            num_features: 0,
-            cost_per_point: 0.0,
-        })
+        .enroll(enroll_request("gamma", "outsider", 1))
         .await
         .expect("enroll")
         .into_inner();
@@ -85,13 +77,7 @@ async fn federations_are_independent_and_can_be_stopped() {
         .expect_err("a token is only valid in its federation");
     assert_eq!(crossed.code(), Code::Unauthenticated);
 
-    let mut beta_events = admin
-        .watch_events(pb::WatchEventsRequest {
-            federation_id: "beta".into(),
-        })
-        .await
-        .expect("watch beta")
-        .into_inner();
+    let mut beta_events = watch(&mut admin, "beta").await;
     let alpha_nodes = spawn_nodes(&url, "alpha", &prepared).await;
     let beta_nodes = spawn_nodes(&url, "beta", &prepared).await;
 
@@ -145,14 +131,7 @@ async fn federations_are_independent_and_can_be_stopped() {
     assert!(beta.committed_rounds >= 1);
     // A stopped federation takes no new clients.
     let late = raw
-        .enroll(pb::EnrollRequest {
-            federation_id: "beta".into(),
-            enrollment_secret: SECRET.into(),
-            client_name: "late".into(),
-            num_samples: 1,
-            num_features: 0,
-            cost_per_point: 0.0,
-        })
+        .enroll(enroll_request("beta", "late", 1))
         .await
         .expect_err("stopped federations refuse enrollment");
     assert_eq!(late.code(), Code::FailedPrecondition);

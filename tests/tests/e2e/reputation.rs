@@ -23,31 +23,15 @@ async fn rffl_removes_the_noise_uploader_over_grpc() {
     };
     let dim = spec.num_params();
     let config = pb::FederationConfig {
-        id: "rffl".into(),
-        enrollment_secret: SECRET.into(),
-        model: Some((&spec).into()),
-        rounds: ROUNDS as u32,
-        min_clients: 5,
-        round_timeout_ms: 60_000,
-        valuation: Some(pb::ValuationConfig {
-            method: "none".into(),
-            ..Default::default()
-        }),
-        seed: 3,
         reputation: Some(pb::Reputation {
             gamma: 1.0,
             warm_up_rounds: Some(3),
             ..Default::default()
         }),
-        ..Default::default()
+        ..model_federation("rffl", &spec, ROUNDS, 5, 3)
     };
     let mut admin = admin(&url).await;
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(config),
-        })
-        .await
-        .expect("create");
+    create_federation(&mut admin, config).await;
     let mut clients = Vec::new();
     for name in ["h0", "h1", "h2", "h3", "noisy"] {
         let channel = connect(&url).await.expect("connect");
@@ -74,13 +58,7 @@ async fn rffl_removes_the_noise_uploader_over_grpc() {
         }
         for (k, client) in clients.iter_mut().enumerate() {
             let is_noisy = k == 4;
-            let task = loop {
-                match client.pull_task().await.expect("pull") {
-                    Task::Wait { .. } => continue,
-                    Task::Train(t) if t.round < round => continue,
-                    other => break other,
-                }
-            };
+            let task = next_task(client, round).await;
             let delta: Vec<f32> = if is_noisy {
                 (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect()
             } else {

@@ -78,17 +78,8 @@ async fn restart_resumes_at_the_last_committed_round() {
     let mut admin = admin(&url).await;
     let mut wire = digits_federation("restart", 5, &config, &prepared);
     wire.round_timeout_ms = 20_000;
-    admin
-        .create_federation(pb::CreateFederationRequest { config: Some(wire) })
-        .await
-        .expect("create");
-    let mut events = admin
-        .watch_events(pb::WatchEventsRequest {
-            federation_id: "restart".into(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    create_federation(&mut admin, wire).await;
+    let mut events = watch(&mut admin, "restart").await;
 
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let mut nodes = Vec::new();

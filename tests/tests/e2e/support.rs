@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use fedval_client::{FederationClient, Task};
+use fedval_core::model::ModelSpec;
 use fedval_core::tensor;
 use fedval_proto::v1 as pb;
 use fedval_server::store::Store;
@@ -26,6 +28,83 @@ pub async fn start_server(store: Store) -> RunningServer {
 pub async fn admin(url: &str) -> fedval_sim::runner::Admin {
     let channel = fedval_client::connect(url).await.expect("connect");
     fedval_sim::runner::admin_client(channel, ADMIN_TOKEN).expect("admin client")
+}
+
+/// Creates the federation `config` describes.
+pub async fn create_federation(
+    admin: &mut fedval_sim::runner::Admin,
+    config: pb::FederationConfig,
+) {
+    admin
+        .create_federation(pb::CreateFederationRequest {
+            config: Some(config),
+        })
+        .await
+        .expect("create federation");
+}
+
+/// The event stream of `federation` (subscribe before any node enrolls: no round is missed).
+pub async fn watch(
+    admin: &mut fedval_sim::runner::Admin,
+    federation: &str,
+) -> tonic::Streaming<pb::FederationEvent> {
+    admin
+        .watch_events(pb::WatchEventsRequest {
+            federation_id: federation.into(),
+        })
+        .await
+        .expect("watch events")
+        .into_inner()
+}
+
+/// The whole ledger of `federation`: its entries and every client's totals.
+pub async fn list_ledger(
+    admin: &mut fedval_sim::runner::Admin,
+    federation: &str,
+) -> pb::ListLedgerResponse {
+    admin
+        .list_ledger(pb::ListLedgerRequest {
+            federation_id: federation.into(),
+            client_id: None,
+        })
+        .await
+        .expect("list ledger")
+        .into_inner()
+}
+
+/// Logistic regression over 2 features and 3 classes (9 parameters): the model of the
+/// tests that drive their clients' updates by hand.
+pub fn tiny_model() -> ModelSpec {
+    ModelSpec::LogisticRegression {
+        num_features: 2,
+        num_classes: 3,
+    }
+}
+
+/// The wire config of a horizontal federation `id` training `model` for `rounds` rounds
+/// once `min_clients` have enrolled, with `seed`, a 60 s round timeout and no valuation;
+/// tests add the mechanism they exercise.
+pub fn model_federation(
+    id: &str,
+    model: &ModelSpec,
+    rounds: u64,
+    min_clients: u32,
+    seed: u64,
+) -> pb::FederationConfig {
+    pb::FederationConfig {
+        id: id.into(),
+        enrollment_secret: SECRET.into(),
+        model: Some(model.into()),
+        rounds: rounds as u32,
+        min_clients,
+        round_timeout_ms: 60_000,
+        valuation: Some(pb::ValuationConfig {
+            method: "none".into(),
+            ..Default::default()
+        }),
+        seed,
+        ..Default::default()
+    }
 }
 
 /// `clients` IID shards of digits (no adversaries), plus validation and test sets.
@@ -55,6 +134,31 @@ pub fn digits_federation(
     c.valuation = "exact".into();
     c.utility = "accuracy".into();
     fedval_sim::runner::federation_config(id, SECRET, &c, prepared)
+}
+
+/// The first task of `client` for round `round` or later that is not a wait: waits and
+/// train tasks of earlier rounds (pulled again until the round commits) are skipped.
+pub async fn next_task(client: &mut FederationClient, round: u64) -> Task {
+    loop {
+        match client.pull_task().await.expect("pull") {
+            Task::Wait { .. } => continue,
+            Task::Train(t) if t.round < round => continue,
+            other => return other,
+        }
+    }
+}
+
+/// A raw enrollment of `name` in horizontal `federation` with the test secret, announcing
+/// `num_samples` samples and no cost (tests override the fields they exercise).
+pub fn enroll_request(federation: &str, name: &str, num_samples: u64) -> pb::EnrollRequest {
+    pb::EnrollRequest {
+        federation_id: federation.into(),
+        enrollment_secret: SECRET.into(),
+        client_name: name.into(),
+        num_samples,
+        num_features: 0,
+        cost_per_point: 0.0,
+    }
 }
 
 /// A raw Coordinator client (for requests the SDK would never send).

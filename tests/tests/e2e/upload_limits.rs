@@ -20,20 +20,10 @@ async fn unfinished_duplicate_and_oversized_uploads_are_refused() {
     wire.min_clients = 1;
     wire.round_timeout_ms = 2_000;
     let mut admin = admin(&url).await;
-    admin
-        .create_federation(pb::CreateFederationRequest { config: Some(wire) })
-        .await
-        .expect("create");
+    create_federation(&mut admin, wire).await;
     let mut raw = raw_coordinator(&url).await;
     let enrolled = raw
-        .enroll(pb::EnrollRequest {
-            federation_id: FED.into(),
-            enrollment_secret: SECRET.into(),
-            client_name: "slow".into(),
-            num_samples: 10,
-            num_features: 0,
-            cost_per_point: 0.0,
-        })
+        .enroll(enroll_request(FED, "slow", 10))
         .await
         .expect("enroll")
         .into_inner();

@@ -248,12 +248,7 @@ async fn vertical_parties_train_over_grpc_and_are_valued() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("vertical.training"), "{err:?}");
 
-    admin
-        .create_federation(pb::CreateFederationRequest {
-            config: Some(federation(&data)),
-        })
-        .await
-        .expect("created");
+    create_federation(&mut admin, federation(&data)).await;
     let mut client = raw_coordinator(&url).await;
     let enroll = |name: &str, num_features: u32| pb::EnrollRequest {
         federation_id: FED.into(),
