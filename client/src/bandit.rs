@@ -164,27 +164,9 @@ impl BanditClient {
         name: &str,
     ) -> Result<Self, ClientError> {
         let (session, resp) = Session::enroll(channel, federation_id, secret, name, 0, 0).await?;
-        let agent = match (&resp.bandit, &resp.model, &resp.vertical) {
-            (Some(a), _, _) => BanditAgentSettings::from_proto(a)?,
-            (None, Some(_), _) => {
-                return Err(ClientError::Protocol(format!(
-                    "federation {federation_id:?} is horizontal (the enrollment answer carries \
-                     a model): run a horizontal node (FederationClient::enroll)"
-                )));
-            }
-            (None, None, Some(_)) => {
-                return Err(ClientError::Protocol(format!(
-                    "federation {federation_id:?} is vertical (the enrollment answer carries a \
-                     vertical party): run a vertical node (VerticalClient::enroll)"
-                )));
-            }
-            (None, None, None) => {
-                return Err(ClientError::Protocol(
-                    "enroll response describes neither a bandit agent, a model nor a vertical \
-                     party"
-                        .into(),
-                ));
-            }
+        let agent = match &resp.bandit {
+            Some(a) => BanditAgentSettings::from_proto(a)?,
+            None => return Err(crate::client::wrong_kind(federation_id, &resp)),
         };
         Ok(Self { session, agent })
     }

@@ -9,6 +9,13 @@
 //! ([`CostModel::cost`] is called once per round), and an aggregate is applied once. An
 //! answer refused because the protocol moved on (`FAILED_PRECONDITION`, e.g. a round that
 //! closed) is logged and the loop goes on: the next task says what to do.
+//!
+//! A step answered after the server's play deadline (`round_timeout_ms`) was skipped: the
+//! server refuses it ("step t was skipped after N ms without an answer; pull the next
+//! task"). The node then drops its cached answer, marks the step skipped in its trace
+//! ([`StepLog::skipped`]) and pulls its next task. Its LinUCB agent keeps the observation
+//! it made: that is local data like any other, part of the pending statistics it reports
+//! and uploads in later rounds.
 
 use std::collections::BTreeMap;
 
@@ -66,6 +73,9 @@ pub struct StepLog {
     pub regret: Option<f64>,
     /// Whether the step triggered a communication round.
     pub triggered: bool,
+    /// The server had skipped the step when the answer arrived (past its deadline): the
+    /// step is not part of the run, though the agent kept the observation.
+    pub skipped: bool,
 }
 
 /// One communication round as this client saw it (logged when it downloaded the round's
@@ -92,6 +102,9 @@ pub struct BanditTrace {
     /// Every round whose aggregate it downloaded, in order.
     pub rounds: Vec<RoundLog>,
 }
+
+/// What the server's refusal of a step it skipped says (server `bandit::skipped_error`).
+const SKIPPED_REFUSAL: &str = "was skipped after";
 
 /// Which task an answer answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +246,7 @@ impl Node {
             reward: feedback.reward,
             regret: feedback.regret,
             triggered,
+            skipped: false,
         });
         debug!(
             step,
@@ -277,6 +291,26 @@ impl Node {
             );
         }
         Ok(BanditAnswer::Synced { round: s.round })
+    }
+
+    /// Takes the server's FAILED_PRECONDITION refusal of `answer`. A step the server had
+    /// skipped is marked skipped in the trace and its cached answer dropped (the server
+    /// never hands that step out again; the agent keeps its observation). Any other refusal
+    /// changes nothing: the next task says what to do.
+    pub(crate) fn refused(&mut self, answer: &BanditAnswer, reason: &str) {
+        let BanditAnswer::Step { step, .. } = answer else {
+            return;
+        };
+        if !reason.contains(&format!("step {step} {SKIPPED_REFUSAL}")) {
+            return;
+        }
+        if let Some(log) = self.trace.steps.iter_mut().rev().find(|l| l.step == *step) {
+            log.skipped = true;
+        }
+        if matches!(self.last, Some((Key::Play(t), _)) if t == *step) {
+            self.last = None;
+        }
+        info!(step, %reason, "step skipped by the server; its observation stays local");
     }
 
     /// The trace so far.
@@ -333,9 +367,10 @@ pub async fn run_bandit_node(
         match sent {
             Ok(()) => {}
             Err(ClientError::FailedPrecondition(reason)) => {
-                // The protocol moved on (a round closed, the run stopped): the next task
-                // says what to do.
+                // The protocol moved on (a step skipped, a round closed, the run stopped):
+                // the next task says what to do.
                 info!(?task, %reason, "answer refused; moving on");
+                node.refused(&answer, &reason);
             }
             Err(e) => return Err(e),
         }
@@ -489,8 +524,62 @@ mod tests {
                 reward: 3.0,
                 regret: Some(0.5),
                 triggered: true,
+                skipped: false,
             }]
         );
+    }
+
+    /// A step answered after the server skipped it is refused with FAILED_PRECONDITION:
+    /// the node drops the step, marks it skipped, keeps the observation and plays its next
+    /// step from there.
+    #[test]
+    fn a_step_refused_as_skipped_is_dropped_and_the_next_task_is_played() {
+        let mut env = Counting {
+            arms_calls: 0,
+            plays: 0,
+        };
+        let mut costs = Counter(0.0);
+        let mut node = Node::new(&settings(), &env).unwrap();
+        let play = BanditTask::Play { step: 2, t_last: 0 };
+        let answer = node.answer(&play, &mut env, &mut costs).unwrap().unwrap();
+        // Another refusal of the step (not a skip) changes nothing.
+        node.refused(&answer, "step 2 is not open for play; pull a task first");
+        assert!(node.last.is_some() && !node.trace.steps[0].skipped);
+        node.refused(
+            &answer,
+            "step 2 was skipped after 500 ms without an answer; pull the next task",
+        );
+        assert!(node.last.is_none(), "the cached step is dropped");
+        assert_eq!(node.agent.pending_gram(), &[1.0, 0.0, 0.0, 0.0], "kept");
+        // The next task (the node's next step) is played on the agent that kept step 2.
+        let next = node
+            .answer(
+                &BanditTask::Play { step: 5, t_last: 0 },
+                &mut env,
+                &mut costs,
+            )
+            .unwrap();
+        assert!(
+            matches!(next, Some(BanditAnswer::Step { step: 5, .. })),
+            "{next:?}"
+        );
+        assert_eq!(node.agent.pending_gram(), &[2.0, 0.0, 0.0, 0.0]);
+        assert_eq!((env.arms_calls, env.plays), (2, 2));
+        // A report covers both observations, the skipped one included.
+        let report = node
+            .answer(&BanditTask::Report { round: 1 }, &mut env, &mut costs)
+            .unwrap();
+        assert!(
+            matches!(&report, Some(BanditAnswer::Report { gram_update, .. }) if gram_update == &[2.0, 0.0, 0.0, 0.0]),
+            "{report:?}"
+        );
+        let steps: Vec<(u64, bool)> = node
+            .into_trace()
+            .steps
+            .iter()
+            .map(|l| (l.step, l.skipped))
+            .collect();
+        assert_eq!(steps, [(2, true), (5, false)]);
     }
 
     #[test]
@@ -527,5 +616,135 @@ mod tests {
             .answer(&BanditTask::Report { round: 1 }, &mut env, &mut nan)
             .unwrap_err();
         assert!(matches!(err, ClientError::InvalidInput(_)), "{err:?}");
+    }
+
+    /// Steps `dim = 2` contexts for the loop test: two fixed arms, reward `0.5 + arm / 4`;
+    /// the first `play` blocks until the server's step log records the step as skipped.
+    struct Stalling {
+        store: fedval_server::store::Store,
+        stalled: Option<u64>,
+    }
+
+    impl Environment for Stalling {
+        fn dim(&self) -> usize {
+            2
+        }
+        fn arms(&mut self, _step: u64) -> Vec<Vec<f64>> {
+            vec![vec![1.0, 0.0], vec![0.0, 1.0]]
+        }
+        fn play(&mut self, step: u64, arm: usize) -> Feedback {
+            if self.stalled.is_none() {
+                self.stalled = Some(step);
+                // Blocks this node (not the server) until its step was skipped.
+                for _ in 0..6000 {
+                    let logged = self.store.get_bandit_step("stall", step).expect("read");
+                    if logged.is_some_and(|s| s.skipped) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            Feedback {
+                reward: 0.5 + arm as f64 / 4.0,
+                regret: Some(0.0),
+            }
+        }
+    }
+
+    /// Two nodes against the real server (play deadline 300 ms); one blocks in its first
+    /// step until the server skipped it. Its late answer is refused with
+    /// FAILED_PRECONDITION: the node marks the step skipped, pulls its next task and both
+    /// nodes reach Done, every other step played.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_node_moves_on_after_its_step_was_skipped() {
+        use fedval_proto::v1 as pb;
+        use fedval_server::store::Store;
+        use fedval_server::{RunningServer, ServerSettings};
+
+        const HORIZON: u64 = 16;
+        let store = Store::memory();
+        let config = pb::FederationConfig {
+            id: "stall".into(),
+            enrollment_secret: "s".into(),
+            min_clients: 2,
+            round_timeout_ms: 300,
+            seed: 4,
+            bandit: Some(pb::BanditConfig {
+                dim: 2,
+                horizon: HORIZON,
+                threshold: Some(1.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut settings = ServerSettings::new(store.clone(), "admin");
+        settings.federations = vec![config.try_into().expect("valid")];
+        let server = RunningServer::start(([127, 0, 0, 1], 0).into(), settings)
+            .await
+            .expect("server");
+        let url = server.url();
+        let mut nodes = Vec::new();
+        for i in 0..2 {
+            let channel = crate::connect(&url).await.expect("connect");
+            let mut client = BanditClient::enroll(channel, "stall", "s", &format!("n{i}"))
+                .await
+                .expect("enrolled");
+            let store = store.clone();
+            nodes.push(tokio::spawn(async move {
+                let mut costs = FixedCost {
+                    true_cost: 1.0,
+                    report_factor: 1.0,
+                };
+                let opts = RunOptions::default();
+                if i == 0 {
+                    let mut env = Stalling {
+                        store,
+                        stalled: None,
+                    };
+                    let trace = run_bandit_node(&mut client, &mut env, &mut costs, &opts).await;
+                    (trace, env.stalled)
+                } else {
+                    let mut env = Counting {
+                        arms_calls: 0,
+                        plays: 0,
+                    };
+                    let trace = run_bandit_node(&mut client, &mut env, &mut costs, &opts).await;
+                    (trace, None)
+                }
+            }));
+        }
+        let mut traces = Vec::new();
+        let mut stalled = None;
+        for node in nodes {
+            let (trace, s) = tokio::time::timeout(std::time::Duration::from_secs(120), node)
+                .await
+                .expect("the nodes finish")
+                .expect("node task");
+            traces.push(trace.expect("the node reached Done"));
+            stalled = stalled.or(s);
+        }
+        let stalled = stalled.expect("the stalling node had a step");
+        let skipped: Vec<u64> = traces[0]
+            .steps
+            .iter()
+            .filter(|l| l.skipped)
+            .map(|l| l.step)
+            .collect();
+        assert_eq!(skipped, [stalled], "only the stalled step was skipped");
+        assert!(traces[1].steps.iter().all(|l| !l.skipped));
+        let played = traces.iter().flat_map(|t| &t.steps).filter(|l| !l.skipped);
+        assert_eq!(
+            played.count() as u64,
+            HORIZON - 1,
+            "every other step played"
+        );
+        for t in 1..=HORIZON {
+            let logged = store
+                .get_bandit_step("stall", t)
+                .expect("read")
+                .expect("logged");
+            assert_eq!(logged.skipped, t == stalled, "step {t}");
+        }
+        drop(server);
     }
 }

@@ -338,19 +338,9 @@ impl FederationClient {
         session: Session,
         resp: v1::EnrollResponse,
     ) -> Result<Self, ClientError> {
-        let model = match (&resp.model, &resp.vertical) {
-            (Some(spec), _) => model_spec_from_proto(spec)?,
-            (None, Some(_)) => {
-                return Err(ClientError::Protocol(format!(
-                    "federation {federation_id:?} is vertical (the enrollment answer describes \
-                     a party, not a model): run a vertical node (VerticalClient::enroll)"
-                )));
-            }
-            (None, None) => {
-                return Err(ClientError::Protocol(
-                    "enroll response carries no model spec".into(),
-                ));
-            }
+        let model = match &resp.model {
+            Some(spec) => model_spec_from_proto(spec)?,
+            None => return Err(wrong_kind(federation_id, &resp)),
         };
         Ok(Self { session, model })
     }
@@ -488,6 +478,39 @@ impl FederationClient {
 }
 
 /// The Coordinator client with message limits raised for tensor chunks.
+/// The error for an enrollment answer of another kind of federation than the node's: it says
+/// what the federation is and which node to run instead.
+pub(crate) fn wrong_kind(federation_id: &str, resp: &v1::EnrollResponse) -> ClientError {
+    let (kind, carries, node) = if resp.bandit.is_some() {
+        (
+            "a bandit federation",
+            "a bandit agent",
+            "a bandit node (BanditClient::enroll, fedval-client --bandit)",
+        )
+    } else if resp.vertical.is_some() {
+        (
+            "vertical",
+            "a vertical party",
+            "a vertical node (VerticalClient::enroll, fedval-client --vertical)",
+        )
+    } else if resp.model.is_some() {
+        (
+            "horizontal",
+            "a model",
+            "a horizontal node (FederationClient::enroll)",
+        )
+    } else {
+        return ClientError::Protocol(format!(
+            "the enrollment answer of federation {federation_id:?} describes neither a model, \
+             a vertical party nor a bandit agent (is the server newer than this client?)"
+        ));
+    };
+    ClientError::Protocol(format!(
+        "federation {federation_id:?} is {kind} (the enrollment answer carries {carries}): \
+         run {node}"
+    ))
+}
+
 fn coordinator(channel: Channel) -> CoordinatorClient<Channel> {
     CoordinatorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -521,6 +544,33 @@ mod tests {
     use crate::fake;
     use futures::StreamExt;
     use v1::upload_message::Kind;
+
+    /// Every kind of enrollment answer names its federation kind and the node to run.
+    #[test]
+    fn a_wrong_kind_of_federation_names_the_node_to_run() {
+        let bandit = v1::EnrollResponse {
+            bandit: Some(v1::BanditAgent::default()),
+            ..Default::default()
+        };
+        let vertical = v1::EnrollResponse {
+            vertical: Some(v1::VerticalParty::default()),
+            ..Default::default()
+        };
+        let horizontal = v1::EnrollResponse {
+            model: Some(v1::ModelSpec::default()),
+            ..Default::default()
+        };
+        for (resp, kind, node) in [
+            (bandit, "is a bandit federation", "BanditClient::enroll"),
+            (vertical, "is vertical", "VerticalClient::enroll"),
+            (horizontal, "is horizontal", "FederationClient::enroll"),
+        ] {
+            let err = wrong_kind("f", &resp).to_string();
+            assert!(err.contains(kind) && err.contains(node), "{err}");
+        }
+        let err = wrong_kind("f", &v1::EnrollResponse::default()).to_string();
+        assert!(err.contains("describes neither"), "{err}");
+    }
 
     #[tokio::test]
     async fn upload_stream_is_header_then_contiguous_slices() {

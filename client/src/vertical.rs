@@ -124,8 +124,8 @@ impl VerticalClient {
     /// `num_features` columns this party holds; returns the party's identity and the
     /// description of its model ([`party`](Self::party)).
     ///
-    /// Refuses `num_features = 0` locally, and a horizontal federation's answer (a model,
-    /// no party) with a [`ClientError::Protocol`] that says to run a horizontal node.
+    /// Refuses `num_features = 0` locally, and the answer of a horizontal or bandit
+    /// federation with a [`ClientError::Protocol`] that says which node to run instead.
     pub async fn enroll(
         channel: Channel,
         federation_id: &str,
@@ -140,20 +140,9 @@ impl VerticalClient {
         }
         let (session, resp) =
             Session::enroll(channel, federation_id, secret, name, 0, num_features).await?;
-        let party = match (&resp.vertical, &resp.model) {
-            (Some(p), _) => VerticalParty::from_proto(p)?,
-            (None, Some(_)) => {
-                return Err(ClientError::Protocol(format!(
-                    "federation {federation_id:?} is horizontal (the enrollment answer \
-                     carries a model, not a vertical party): run a horizontal node \
-                     (FederationClient::enroll)"
-                )));
-            }
-            (None, None) => {
-                return Err(ClientError::Protocol(
-                    "enroll response describes neither a model nor a vertical party".into(),
-                ));
-            }
+        let party = match &resp.vertical {
+            Some(p) => VerticalParty::from_proto(p)?,
+            None => return Err(crate::client::wrong_kind(federation_id, &resp)),
         };
         Ok(Self { session, party })
     }
@@ -414,7 +403,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "protocol error: federation \"demo\" is horizontal (the enrollment answer carries \
-             a model, not a vertical party): run a horizontal node (FederationClient::enroll)"
+             a model): run a horizontal node (FederationClient::enroll)"
         );
         let err = VerticalClient::enroll(channel, "demo", "secret", "p", 0)
             .await

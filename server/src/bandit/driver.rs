@@ -2,8 +2,10 @@
 //! it waits for every client, starts (or, after a restart, reloads) the run, opens a
 //! communication round when a step triggered one, closes its report phase (selection and
 //! prices), commits it after the uploads, closes the sync phase, and finishes the run after
-//! the last step. Handlers never change phases; untriggered steps need no driver at all
-//! (the next active client's task follows from the durable step).
+//! the last step. It also skips a step whose active client did not answer in time (module
+//! docs of [`super`]: skipped steps). Handlers never change phases; an untriggered step needs
+//! the driver only for the next step's deadline (the next active client's task follows from
+//! the durable step).
 //!
 //! A failing step (a storage error) is logged, shown as the federation's `loop_error` and
 //! retried with the round loop's capped back-off; a commit that reached the disk although
@@ -17,11 +19,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::round::{Closing, Conclusion, Settlement, Trigger, conclude, settle};
-use super::{Aggregate, BanditSettings, CommRound, Phase, Run, client_ids};
+use super::{
+    Aggregate, BanditSettings, CommRound, Phase, Run, SKIPPED_STEPS_METRIC, active_client,
+    client_ids,
+};
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Event, FedState, Federation, now_ms};
 use crate::round_loop::{Retry, Step, ended_event};
-use crate::store::{FederationStatus, RoundRecord, StoreError};
+use crate::store::{BanditStepRecord, FederationStatus, RoundRecord, StoreError};
 
 /// Runs `fed`'s bandit protocol until it finishes, is stopped, or `shutdown` turns true,
 /// retrying failed steps with [`Retry`].
@@ -151,17 +156,93 @@ async fn plan(fed: &Arc<Federation>, settings: &BanditSettings) -> ServiceResult
         return Ok(Plan::Wait(Some(deadline)));
     }
     if run.step >= settings.horizon {
-        let (steps, rounds) = (run.step, run.rounds);
+        let (steps, rounds, skipped) = (run.step, run.rounds, run.skipped);
         let mut rec = st.record.clone();
         rec.status = FederationStatus::Finished;
         fed.store().put_federation(&rec)?;
         st.record = rec;
         drop(st);
-        tracing::info!(federation = %fed.id(), steps, rounds, "bandit federation finished");
+        tracing::info!(federation = %fed.id(), steps, rounds, skipped, "bandit federation finished");
         fed.notify();
         return Ok(Plan::Continue);
     }
-    Ok(Plan::Wait(None))
+    // Step `run.step + 1` is open for play: skip it once its deadline passed.
+    let next = run.step + 1;
+    let deadline = match run.play_deadline {
+        Some((step, deadline)) if step == next => deadline,
+        _ => {
+            let deadline = now + timeout(fed);
+            run.play_deadline = Some((next, deadline));
+            deadline
+        }
+    };
+    if now < deadline {
+        return Ok(Plan::Wait(Some(deadline)));
+    }
+    let seed = settings.seed.unwrap_or(fed.config().seed);
+    let active = clients
+        .get(active_client(seed, next, clients.len()))
+        .cloned()
+        .unwrap_or_default();
+    skip_step(fed, run, BanditStepRecord::skipped(active, next))?;
+    drop(st);
+    fed.notify();
+    Ok(Plan::Continue)
+}
+
+/// Records step `rec.step` as skipped (its active client did not answer in time), durable
+/// before the run moves on. If the step log already holds the step (a submission whose
+/// write reported failure although it reached the disk), the run adopts the stored record
+/// instead, as it would after a restart.
+fn skip_step(fed: &Federation, run: &mut Run, rec: BanditStepRecord) -> ServiceResult<()> {
+    let (store, id, t) = (fed.store(), fed.id(), rec.step);
+    let rec = match store.put_bandit_step(id, &rec) {
+        Ok(()) => {
+            run.skipped += 1;
+            tracing::warn!(federation = %id, step = t, client = %rec.client_id, timeout_ms = fed.config().round_timeout_ms, skipped = run.skipped, "step skipped: the active client did not answer");
+            rec
+        }
+        Err(StoreError::Conflict { .. }) => {
+            let stored = store.get_bandit_step(id, t)?.ok_or_else(|| {
+                ServiceError::Internal(format!(
+                    "federation `{id}`: the store refused step {t} as a duplicate but holds none"
+                ))
+            })?;
+            run.skipped += u64::from(stored.skipped);
+            stored
+        }
+        Err(e) => return Err(e.into()),
+    };
+    run.step = t;
+    run.last = Some(rec);
+    Ok(())
+}
+
+/// Steps skipped up to `step`, the last durable step: the count recorded with the last
+/// committed round `last_round` (through its step `t_last`) plus the skipped records of the
+/// step log after it.
+fn count_skipped(
+    fed: &Federation,
+    last_round: Option<&RoundRecord>,
+    t_last: u64,
+    step: u64,
+) -> ServiceResult<u64> {
+    let recorded = last_round
+        .and_then(|r| {
+            r.metrics
+                .iter()
+                .find(|(name, _)| name == SKIPPED_STEPS_METRIC)
+        })
+        .map_or(0, |(_, n)| *n as u64);
+    let mut since = 0;
+    for t in (t_last + 1)..=step {
+        since += u64::from(
+            fed.store()
+                .get_bandit_step(fed.id(), t)?
+                .is_some_and(|s| s.skipped),
+        );
+    }
+    Ok(recorded + since)
 }
 
 /// Starts the run once every client enrolled, or reloads it after a restart: the last
@@ -194,11 +275,8 @@ fn start(fed: &Federation, st: &mut FedState) -> ServiceResult<()> {
             aggregated_in.insert(p.clone(), r.round);
         }
     }
-    let (t_last, paid) = match records
-        .iter()
-        .find(|r| r.round == k)
-        .and_then(|r| r.bandit.as_ref())
-    {
+    let last_round = records.iter().find(|r| r.round == k);
+    let (t_last, paid) = match last_round.and_then(|r| r.bandit.as_ref()) {
         Some(b) => (
             b.step,
             b.reports
@@ -212,6 +290,7 @@ fn start(fed: &Federation, st: &mut FedState) -> ServiceResult<()> {
     let last = store.last_bandit_step(id)?;
     let step = last.as_ref().map_or(0, |l| l.step);
     let synced: HashMap<String, u64> = store.list_bandit_synced(id)?.into_iter().collect();
+    let skipped = count_skipped(fed, last_round, t_last, step)?;
     let mut run = Run {
         step,
         last,
@@ -223,6 +302,8 @@ fn start(fed: &Federation, st: &mut FedState) -> ServiceResult<()> {
         synced,
         aggregated_in,
         paid,
+        skipped,
+        play_deadline: None,
     };
     if k > 0 && step == t_last && client_ids(st).iter().any(|c| run.synced(c) < k) {
         run.sync_deadline = Some(Instant::now() + timeout(fed));
@@ -233,7 +314,7 @@ fn start(fed: &Federation, st: &mut FedState) -> ServiceResult<()> {
         store.put_federation(&rec)?;
         st.record = rec;
     }
-    tracing::info!(federation = %id, step, rounds = k, clients = st.clients.len(), "bandit run started");
+    tracing::info!(federation = %id, step, rounds = k, skipped, clients = st.clients.len(), "bandit run started");
     st.bandit.run = Some(run);
     Ok(())
 }
@@ -394,6 +475,7 @@ async fn commit(fed: &Arc<Federation>, settings: &BanditSettings) -> ServiceResu
             settlement: &settlement,
             aggregate: &run.aggregate,
             now_ms: now_ms(),
+            skipped_steps: run.skipped,
         },
         settings,
     );

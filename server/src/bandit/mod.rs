@@ -27,6 +27,21 @@
 //!
 //! After step `horizon` (and its round, if it triggered one) the federation finishes.
 //!
+//! **Skipped steps.** A step is open for play from the moment the previous step (or its
+//! round's sync phase) closed. If its active client has not submitted it within
+//! `round_timeout_ms` (the deadline of the round phases), the driver *skips* it: it appends
+//! a skipped record to the step log (`BanditStepRecord.skipped`, no reward, not triggered),
+//! durable before anyone moves on, counts it, and step `t + 1` follows with its active
+//! client drawn as usual ([`active_client`] of `(seed, t + 1)`). A skipped step never opens
+//! a round. A late submission of a skipped step is refused with FAILED_PRECONDITION ("step
+//! t was skipped after N ms without an answer; pull the next task"); the client's LinUCB
+//! keeps the observation it made, as local data it reports and uploads in later rounds
+//! like any other pending statistics. Each committed round records the run's skipped steps
+//! so far (at or before its step) as its metric [`SKIPPED_STEPS_METRIC`]; steps skipped
+//! after the last round appear in no round record (the step log holds them). A restart
+//! keeps every skipped step skipped (the log is the truth), and the deadline of the step
+//! open at the restart starts again from the restart.
+//!
 //! **Trigger verification.** A step's `triggered` must equal `trigger_statistic >
 //! threshold` (checked on submission), but the statistic is the client's word, and a paid
 //! round per step is worth claiming. So when the report phase closes the server recomputes
@@ -61,7 +76,9 @@
 //! round's report phase (clients whose report is stored have nothing to re-send, though
 //! re-sending it is harmless), and re-sends the sync of the last round if no step followed
 //! it. A commit that reached the disk although it reported failure is adopted, never
-//! repeated, so no payment is lost or paid twice.
+//! repeated, so no payment is lost or paid twice. A step is recorded once, played or
+//! skipped: the driver skips a step and a handler records it under the state lock, so
+//! whichever comes first is the step's record and the other is refused.
 
 pub(crate) mod driver;
 pub mod round;
@@ -91,6 +108,9 @@ pub const MAX_REPORTED_COST: f64 = 1.0e12;
 /// Largest absolute entry of a Gram update or a reward vector accepted: keeps the
 /// aggregate of up to `MAX_BANDIT_CLIENTS` clients over many rounds finite.
 pub const MAX_STATISTIC_ABS: f64 = 1.0e15;
+/// Name of the round-record metric that counts the run's skipped steps up to the round's
+/// step (module docs: skipped steps).
+pub const SKIPPED_STEPS_METRIC: &str = "skipped_steps";
 
 /// The active client of step `step`: a uniform draw over `clients` (enrollment order) from
 /// the stream `step` of a ChaCha8 generator seeded with `seed`.
@@ -247,6 +267,11 @@ pub(crate) struct Run {
     pub aggregated_in: HashMap<String, u64>,
     /// Payments of round `rounds`, by client.
     pub paid: HashMap<String, f64>,
+    /// Steps skipped so far (durable: the skipped records of the step log).
+    pub skipped: u64,
+    /// The step open for play and when it is skipped if its active client has not answered
+    /// (set by the driver once play opens; not durable: a restart starts it again).
+    pub play_deadline: Option<(u64, Instant)>,
 }
 
 impl Run {
@@ -318,6 +343,13 @@ pub(crate) fn active_id<'a>(
     st.clients
         .get(active_client(seed, step, st.clients.len()))
         .map(|c| c.client_id.as_str())
+}
+
+/// The refusal of a late submission of step `step`, which was skipped after `timeout_ms`.
+pub(crate) fn skipped_error(step: u64, timeout_ms: u64) -> ServiceError {
+    ServiceError::FailedPrecondition(format!(
+        "step {step} was skipped after {timeout_ms} ms without an answer; pull the next task"
+    ))
 }
 
 /// What a client of a bandit federation should do now (the federation is neither

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use fedval_core::incentive::IncentiveError;
 use fedval_core::incentive::truthfedban::{Payment, SelectionProblem, trigger_statistic};
 
-use super::{Aggregate, BanditMechanism, BanditSettings};
+use super::{Aggregate, BanditMechanism, BanditSettings, SKIPPED_STEPS_METRIC};
 use crate::store::{
     BanditReport, BanditRound, ClientBanditReport, LedgerEntry, LedgerKind, RoundRecord,
 };
@@ -286,6 +286,9 @@ pub struct Closing<'a> {
     pub aggregate: &'a Aggregate,
     /// Commit time (the ledger entries' `recorded_at_ms`).
     pub now_ms: u64,
+    /// Steps of the run skipped so far (all at or before `step`): the record's
+    /// [`SKIPPED_STEPS_METRIC`].
+    pub skipped_steps: u64,
 }
 
 /// Builds the commit of a round: the participants are the selected clients whose upload
@@ -357,7 +360,14 @@ pub fn conclude(c: &Closing<'_>, settings: &BanditSettings) -> Conclusion {
             trigger_statistic: c.settlement.trigger_statistic,
             void_reason: c.settlement.void_reason.clone(),
         }),
-        ..RoundRecord::committed(c.round, 0, participants, stragglers, Vec::new(), false)
+        ..RoundRecord::committed(
+            c.round,
+            0,
+            participants,
+            stragglers,
+            vec![(SKIPPED_STEPS_METRIC.to_string(), c.skipped_steps as f64)],
+            false,
+        )
     };
     Conclusion {
         record,
@@ -465,6 +475,7 @@ mod tests {
             settlement: s,
             aggregate,
             now_ms: 5,
+            skipped_steps: 2,
         }
     }
 
@@ -491,6 +502,11 @@ mod tests {
         assert_eq!(done.record.participants, vec!["a".to_string()]);
         // b was selected but never uploaded; d never reported.
         assert_eq!(done.record.stragglers, vec!["b".to_string(), "d".into()]);
+        assert_eq!(
+            done.record.metrics,
+            vec![("skipped_steps".to_string(), 2.0)],
+            "the run's skipped steps so far"
+        );
         assert_eq!(done.ledger.len(), 1);
         let paid = &done.ledger[0];
         let row = &s.rows[0];

@@ -275,6 +275,7 @@ impl Federation {
                     reward,
                     trigger_statistic,
                     triggered,
+                    skipped: false,
                 };
                 self.take_played_step(&settings, rec).await?
             }
@@ -308,6 +309,7 @@ impl Federation {
                 _ => self.store().get_bandit_step(self.id(), t)?,
             };
             return match stored {
+                Some(s) if s.skipped => Err(super::skipped_error(t, config.round_timeout_ms)),
                 Some(s) if s == rec => Ok(false),
                 Some(s) => Err(step_taken(t, &s, &rec)),
                 None => Err(ServiceError::Internal(format!(
@@ -359,7 +361,12 @@ impl Federation {
             // Written (by an earlier attempt that reported failure) with other values: the
             // log is the truth, so the run follows it and this submission is refused.
             Written::Other(stored) => {
-                let refused = step_taken(t, &stored, &rec);
+                let refused = if stored.skipped {
+                    run.skipped += 1;
+                    super::skipped_error(t, config.round_timeout_ms)
+                } else {
+                    step_taken(t, &stored, &rec)
+                };
                 run.last = Some(stored);
                 drop(st);
                 self.notify();

@@ -2,7 +2,7 @@
 //! small seeded linear environment) follow the federation's tasks through its handlers'
 //! methods (`next_task`, `submit_bandit`) while the registry runs the driver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -88,6 +88,12 @@ struct Agent {
     quirk: Quirk,
     /// The step it falsely claimed a trigger at, with its true statistic there.
     cheated: Option<(u64, f64)>,
+    /// `Quirk::NoPlay`: the play tasks it ignored, and its late answers to them with the
+    /// server's refusals.
+    ignored: BTreeSet<u64>,
+    late: Vec<(u64, ServiceError)>,
+    /// Returns once the step log reaches this step (a crash of every client at once).
+    stop_at_step: Option<u64>,
 }
 
 /// How an agent departs from the protocol.
@@ -98,6 +104,9 @@ enum Quirk {
     /// Claims `triggered` (with a statistic above the threshold) at its first step whose
     /// true statistic is below the threshold.
     FalseTrigger,
+    /// Never answers a play task (answers everything else); when handed a later step, it
+    /// first sends a late answer to every play task it ignored so far.
+    NoPlay,
 }
 
 impl Agent {
@@ -114,6 +123,9 @@ impl Agent {
             synced: 0,
             quirk: Quirk::Honest,
             cheated: None,
+            ignored: BTreeSet::new(),
+            late: Vec::new(),
+            stop_at_step: None,
         }
     }
 
@@ -144,6 +156,15 @@ async fn run_agent(
 ) -> Agent {
     let mut changes = fed.subscribe_changes();
     loop {
+        if let Some(stop) = a.stop_at_step
+            && fed
+                .store()
+                .last_bandit_step(fed.id())
+                .expect("read")
+                .is_some_and(|s| s.step >= stop)
+        {
+            return a;
+        }
         let task = match fed.next_task(&a.id).await {
             NextTask::Bandit(task) => task,
             NextTask::Wait { .. } => {
@@ -153,6 +174,24 @@ async fn run_agent(
             NextTask::Done { .. } => return a,
             other => panic!("unexpected task {other:?}"),
         };
+        if let (Quirk::NoPlay, BanditTask::Play { step, .. }) = (a.quirk, &task) {
+            let step = *step;
+            let earlier: Vec<u64> = a.ignored.range(..step).copied().collect();
+            for t in earlier {
+                a.ignored.remove(&t);
+                let late = Submission::Step {
+                    step: t,
+                    reward: 0.5,
+                    trigger_statistic: 1.0,
+                    triggered: false,
+                };
+                let refused = fed.submit_bandit(&a.id, late).await.expect_err("skipped");
+                a.late.push((t, refused));
+            }
+            a.ignored.insert(step);
+            let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+            continue;
+        }
         let submission = match task {
             BanditTask::Play { step, t_last } => {
                 let arms = a.env.arms(step);
@@ -946,6 +985,7 @@ async fn a_stored_but_unacknowledged_write_is_adopted() {
             reward: 0.25,
             trigger_statistic: 1.0,
             triggered: true,
+            skipped: false,
         };
         store.put_bandit_step("hand", &stored).expect("written");
         let err = fed
@@ -1075,4 +1115,161 @@ fn the_active_client_is_a_seeded_uniform_draw() {
             .collect::<Vec<_>>()
     );
     assert_eq!(active_client(7, 5, 1), 0);
+}
+
+/// Three clients with a short play deadline, one of which never answers a play task. The
+/// run reaches its horizon: every step of the silent client is recorded as skipped (and
+/// opens no round), every other step is played by its active client, a late answer to a
+/// skipped step is refused, and each round's `skipped_steps` metric counts the skipped
+/// steps up to its step. The server restarts in the middle (redb): the steps skipped before
+/// stay skipped, a late answer to one of them is still refused, and the count goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_active_client_has_its_steps_skipped_across_a_restart() {
+    bounded(async {
+        const HORIZON: u64 = 30;
+        const RESTART_AT: u64 = 14;
+        const TIMEOUT_MS: u64 = 500;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config("silent", 3, HORIZON);
+        cfg.round_timeout_ms = TIMEOUT_MS;
+        let seed = cfg.seed;
+        let active = |t: u64| active_client(seed, t, 3);
+        // The silent client: the active client of step 2, which (seed 11) also has steps
+        // on both sides of the restart.
+        let silent_index = active(2);
+        let silent_steps: Vec<u64> = (1..=HORIZON)
+            .filter(|&t| active(t) == silent_index)
+            .collect();
+        assert!(
+            silent_steps.iter().any(|&t| t < RESTART_AT)
+                && silent_steps.iter().filter(|&&t| t > RESTART_AT).count() >= 2,
+            "{silent_steps:?}"
+        );
+        let (settings, agents, before) = {
+            let registry =
+                Registry::open(Store::open_redb(dir.path()).expect("opens")).expect("reg");
+            let fed = registry.create(cfg).expect("created");
+            let settings = fed.config().bandit.expect("bandit");
+            let mut agents = enroll(&fed, 3).await;
+            agents[silent_index].quirk = Quirk::NoPlay;
+            for a in &mut agents {
+                a.stop_at_step = Some(RESTART_AT);
+            }
+            let agents = run_all(&fed, agents, None).await;
+            let store = fed.store();
+            let last = store.last_bandit_step("silent").expect("read");
+            let before: Vec<_> = (1..=last.map_or(0, |s| s.step))
+                .map(|t| {
+                    store
+                        .get_bandit_step("silent", t)
+                        .expect("read")
+                        .expect("logged")
+                })
+                .collect();
+            registry.shutdown();
+            (settings, agents, before)
+        };
+        let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+        let silent = ids[silent_index].clone();
+        let registry = reopen(dir.path()).await;
+        let fed = registry.get("silent").expect("restored");
+        let mut changes = fed.subscribe_changes();
+        while fed.state.lock().await.bandit.run.is_none() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+        }
+        // A step skipped before the restart is still skipped.
+        let first = silent_steps[0];
+        assert!(before.iter().any(|s| s.step == first && s.skipped));
+        let late = Submission::Step {
+            step: first,
+            reward: 0.5,
+            trigger_statistic: 1.0,
+            triggered: false,
+        };
+        let refused = fed.submit_bandit(&silent, late).await.expect_err("skipped");
+        let expected = format!(
+            "step {first} was skipped after {TIMEOUT_MS} ms without an answer; pull the next task"
+        );
+        assert!(
+            matches!(&refused, ServiceError::FailedPrecondition(m) if *m == expected),
+            "{refused}"
+        );
+        let mut agents = agents;
+        for a in &mut agents {
+            a.stop_at_step = None;
+        }
+        let agents = run_all(&fed, agents, None).await;
+        wait_status(&fed, FederationStatus::Finished).await;
+
+        // Every step is recorded once: the silent client's skipped, the others' played.
+        let mut skipped = Vec::new();
+        for t in 1..=HORIZON {
+            let s = fed
+                .store()
+                .get_bandit_step("silent", t)
+                .expect("read")
+                .unwrap_or_else(|| panic!("step {t} is in the log"));
+            assert_eq!(s.client_id, ids[active(t)], "step {t}'s active client");
+            assert_eq!(s.skipped, active(t) == silent_index, "step {t}: {s:?}");
+            if s.skipped {
+                assert!(!s.triggered && s.reward == 0.0);
+                skipped.push(t);
+            }
+        }
+        assert_eq!(skipped, silent_steps);
+        // The log before the restart is kept as it was.
+        assert!(before.len() as u64 >= RESTART_AT);
+        for s in &before {
+            assert_eq!(
+                fed.store()
+                    .get_bandit_step("silent", s.step)
+                    .expect("read")
+                    .as_ref(),
+                Some(s)
+            );
+        }
+        assert_eq!(agents[silent_index].steps, 0);
+        assert_eq!(
+            agents.iter().map(|a| a.steps).sum::<u64>(),
+            HORIZON - silent_steps.len() as u64,
+            "the others played every other step"
+        );
+        // Every late answer (each skipped step followed by another of the silent client's
+        // steps) was refused as skipped.
+        let late = &agents[silent_index].late;
+        let answered: Vec<u64> = late.iter().map(|(t, _)| *t).collect();
+        assert_eq!(answered, silent_steps[..silent_steps.len() - 1]);
+        for (t, e) in late {
+            let expected = format!(
+                "step {t} was skipped after {TIMEOUT_MS} ms without an answer; pull the next task"
+            );
+            assert!(
+                matches!(e, ServiceError::FailedPrecondition(m) if *m == expected),
+                "{e}"
+            );
+        }
+        // No round at a skipped step; each round counts the skipped steps up to its step.
+        let rounds = fed.store().list_rounds("silent").expect("rounds");
+        assert!(!rounds.is_empty());
+        for r in &rounds {
+            let b = r.bandit.as_ref().expect("bandit");
+            assert!(
+                !skipped.contains(&b.step),
+                "round {} at a skipped step",
+                r.round
+            );
+            let up_to = skipped.iter().filter(|&&t| t <= b.step).count() as f64;
+            assert_eq!(
+                r.metrics,
+                vec![(SKIPPED_STEPS_METRIC.to_string(), up_to)],
+                "round {}",
+                r.round
+            );
+        }
+        let ledger = fed.store().list_ledger("silent").expect("ledger");
+        let (v_g, _) = replay(&settings, &rounds, &ledger, &agents);
+        assert_eq!(final_v_g(&fed), v_g);
+        registry.shutdown();
+    })
+    .await;
 }

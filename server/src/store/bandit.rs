@@ -17,10 +17,11 @@ use super::{
     with_record,
 };
 
-/// One played step of a bandit run (the step log), as the active client submitted it.
+/// One step of a bandit run (the step log): played, as the active client submitted it, or
+/// skipped, when the active client did not answer its play task before the deadline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BanditStepRecord {
-    /// The active client of the step.
+    /// The active client of the step (the one that did not answer, for a skipped step).
     pub client_id: String,
     /// Global step `t` (1-based).
     pub step: u64,
@@ -30,6 +31,26 @@ pub struct BanditStepRecord {
     pub trigger_statistic: f64,
     /// Whether the statistic exceeded the threshold (a communication round follows).
     pub triggered: bool,
+    /// The active client did not answer within the federation's `round_timeout_ms`: the
+    /// step was skipped (reward and statistic 0, not triggered). Steps stored before
+    /// skipping existed decode as played; a played step is stored without the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+impl BanditStepRecord {
+    /// The record of step `step`, skipped because `client_id`, its active client, did not
+    /// answer in time.
+    pub fn skipped(client_id: String, step: u64) -> Self {
+        Self {
+            client_id,
+            step,
+            reward: 0.0,
+            trigger_statistic: 0.0,
+            triggered: false,
+            skipped: true,
+        }
+    }
 }
 
 /// A client's answer to a communication round's report request: its reported cost and its
@@ -388,7 +409,33 @@ mod tests {
             reward: 0.1 + 0.2,
             trigger_statistic: 1.0 / 3.0,
             triggered,
+            skipped: false,
         }
+    }
+
+    #[test]
+    fn skipped_steps_round_trip_and_old_steps_decode_as_played() {
+        let old =
+            r#"{"client_id":"a","step":3,"reward":0.5,"trigger_statistic":1.0,"triggered":false}"#;
+        let played: BanditStepRecord = serde_json::from_str(old).expect("decodes");
+        assert!(!played.skipped);
+        assert_eq!(
+            serde_json::to_string(&played).expect("encodes"),
+            old,
+            "a played step is stored as before"
+        );
+        let store = Store::memory();
+        store.put_bandit_step("b/1", &step(1, false)).expect("1");
+        let skipped = BanditStepRecord::skipped("client-0002".into(), 2);
+        store.put_bandit_step("b/1", &skipped).expect("2");
+        assert_eq!(
+            store.last_bandit_step("b/1").expect("read"),
+            Some(skipped.clone())
+        );
+        assert_eq!(
+            store.get_bandit_step("b/1", 2).expect("read"),
+            Some(skipped)
+        );
     }
 
     #[test]

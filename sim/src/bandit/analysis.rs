@@ -1,6 +1,11 @@
 //! From what a bandit run left (every client's trace, the server's round records and its
 //! ledger) to the report's numbers: per-client costs, payments and utilities, the merged
 //! regret curve, and the invariants the run must satisfy ([`Check`]).
+//!
+//! A step the server skipped (its active client did not answer in time) is not part of the
+//! run: it has no place in the regret curve or a client's step count, and is counted apart
+//! ([`Outcome::skipped_steps`]): the steps a trace marks skipped (answered late) and the
+//! steps no trace holds (never answered) up to the last step seen.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,6 +21,10 @@ pub const CREDITED_INPUT: &str = "credited_value";
 /// Tolerance of the money, log-det, reward and utility comparisons of the analysis and
 /// the replay (relative to the larger magnitude, at least absolute).
 pub(super) const TOLERANCE: f64 = 1e-9;
+
+/// The round-record metric in which the server counts the steps skipped up to the round's
+/// step (server `bandit::SKIPPED_STEPS_METRIC`).
+pub const SKIPPED_STEPS_METRIC: &str = "skipped_steps";
 
 /// One client's run: who it is and what its node recorded.
 #[derive(Clone, Debug)]
@@ -41,9 +50,9 @@ pub struct BanditClientRow {
     pub client_id: String,
     pub behaviour: String,
     pub report_factor: f64,
-    /// Steps it played (was the active client).
+    /// Steps it played (was the active client and answered in time).
     pub steps: usize,
-    /// Cumulative pseudo-regret of its own steps.
+    /// Cumulative pseudo-regret of its own (played) steps.
     pub regret: f64,
     /// Communication rounds it reported in, and was selected in.
     pub rounds_reported: usize,
@@ -98,6 +107,8 @@ pub struct Outcome {
     pub curve: Vec<(u64, f64)>,
     /// Steps played over all clients.
     pub steps: usize,
+    /// Steps the server skipped (module docs), up to the last step seen.
+    pub skipped_steps: usize,
     /// Communication rounds recorded by the server.
     pub communication_rounds: usize,
     /// Final cumulative regret.
@@ -128,7 +139,7 @@ fn check(name: &str, failure: Option<String>, passed: String) -> Check {
     }
 }
 
-/// The merged regret of every client's steps.
+/// The merged regret of every client's played steps.
 struct Merged {
     /// `(t, cumulative regret)` in step order.
     curve: Vec<(u64, f64)>,
@@ -136,12 +147,25 @@ struct Merged {
     twice: Option<u64>,
     /// The first step whose regret is negative or not finite.
     bad: Option<(u64, f64)>,
+    /// The skipped steps in order: marked skipped in a trace, or in no trace at all, up to
+    /// the last step of any trace or round.
+    skipped: Vec<u64>,
 }
 
-fn regret_curve(runs: &[ClientRun]) -> Merged {
-    let mut steps: Vec<(u64, f64)> = runs
-        .iter()
-        .flat_map(|r| r.trace.steps.iter())
+fn regret_curve(runs: &[ClientRun], records: &[pb::RoundRecord]) -> Merged {
+    let all = runs.iter().flat_map(|r| r.trace.steps.iter());
+    let last = all
+        .clone()
+        .map(|s| s.step)
+        .chain(
+            records
+                .iter()
+                .filter_map(|r| r.bandit.as_ref().map(|b| b.step)),
+        )
+        .max()
+        .unwrap_or(0);
+    let mut steps: Vec<(u64, f64)> = all
+        .filter(|s| !s.skipped)
         .map(|s| (s.step, s.regret.unwrap_or(f64::NAN)))
         .collect();
     steps.sort_by_key(|s| s.0);
@@ -150,6 +174,8 @@ fn regret_curve(runs: &[ClientRun]) -> Merged {
         .iter()
         .copied()
         .find(|(_, r)| !(r.is_finite() && *r >= -TOLERANCE));
+    let played: std::collections::BTreeSet<u64> = steps.iter().map(|s| s.0).collect();
+    let skipped = (1..=last).filter(|t| !played.contains(t)).collect();
     let mut sum = 0.0;
     let curve = steps
         .into_iter()
@@ -158,7 +184,33 @@ fn regret_curve(runs: &[ClientRun]) -> Merged {
             (t, sum)
         })
         .collect();
-    Merged { curve, twice, bad }
+    Merged {
+        curve,
+        twice,
+        bad,
+        skipped,
+    }
+}
+
+/// The first round whose `skipped_steps` metric (the server's count of the steps skipped
+/// up to its step; absent before skipping existed, read as 0) differs from the skipped
+/// steps the traces show up to that step.
+fn skipped_mismatch(records: &[pb::RoundRecord], skipped: &[u64]) -> Option<String> {
+    records.iter().find_map(|r| {
+        let b = r.bandit.as_ref()?;
+        let server = r
+            .metrics
+            .iter()
+            .find(|m| m.name == SKIPPED_STEPS_METRIC)
+            .map_or(0.0, |m| m.value);
+        let traces = skipped.iter().filter(|&&t| t <= b.step).count();
+        (server != traces as f64).then(|| {
+            format!(
+                "round {}: the server counts {server} skipped steps up to step {}, the traces {traces}",
+                r.round, b.step
+            )
+        })
+    })
 }
 
 /// Computes a run's rows, curve and checks.
@@ -206,8 +258,14 @@ pub fn outcome(
                 client_id: r.client_id.clone(),
                 behaviour: r.behaviour.clone(),
                 report_factor: r.factor,
-                steps: r.trace.steps.len(),
-                regret: total(r.trace.steps.iter().filter_map(|s| s.regret)),
+                steps: r.trace.steps.iter().filter(|s| !s.skipped).count(),
+                regret: total(
+                    r.trace
+                        .steps
+                        .iter()
+                        .filter(|s| !s.skipped)
+                        .filter_map(|s| s.regret),
+                ),
                 rounds_reported: r.trace.rounds.len(),
                 rounds_selected: selected.clone().count(),
                 rounds_capped: capped(&r.client_id),
@@ -240,13 +298,20 @@ pub fn outcome(
         curve,
         twice,
         bad: bad_regret,
-    } = regret_curve(runs);
+        skipped,
+    } = regret_curve(runs, records);
     let steps = curve.len();
     let mut checks = Vec::new();
     checks.push(check(
         "every step played once",
-        twice.map(|t| format!("step {t} was played by two clients")),
-        format!("{steps} steps"),
+        twice
+            .map(|t| format!("step {t} was played by two clients"))
+            .or_else(|| skipped_mismatch(records, &skipped)),
+        if skipped.is_empty() {
+            format!("{steps} steps")
+        } else {
+            format!("{steps} steps played, {} skipped", skipped.len())
+        },
     ));
     checks.push(check(
         "regret non-decreasing",
@@ -326,6 +391,7 @@ pub fn outcome(
         rounds,
         curve,
         steps,
+        skipped_steps: skipped.len(),
         social_cost,
         total_paid,
         checks,
@@ -407,6 +473,7 @@ pub(crate) mod tests {
                 reward: 0.5,
                 regret: Some(1.0 / (t as f64).sqrt()),
                 triggered: rounds_at.contains(&t),
+                skipped: false,
             });
         }
         let mut records = Vec::new();
@@ -551,6 +618,53 @@ pub(crate) mod tests {
         assert_eq!(
             failed(&outcome(&runs, &records, &ledger)),
             ["communication rounds < steps"]
+        );
+    }
+
+    /// Step 7 answered late (marked skipped in its trace) and step 12 never answered: both
+    /// are counted as skipped, not played; the regret leaves them out; a round whose
+    /// `skipped_steps` metric disagrees with the traces fails the check.
+    #[test]
+    fn skipped_steps_are_counted_apart_and_checked_against_the_server() {
+        let (mut runs, mut records, ledger) = synthetic(20, &[10, 15], 0.8);
+        let who = |t: u64| (t % 2) as usize;
+        let at = |runs: &[ClientRun], t: u64| {
+            runs[who(t)]
+                .trace
+                .steps
+                .iter()
+                .position(|s| s.step == t)
+                .expect("step")
+        };
+        let i = at(&runs, 7);
+        runs[who(7)].trace.steps[i].skipped = true;
+        let i = at(&runs, 12);
+        runs[who(12)].trace.steps.remove(i);
+        let metric = |n: f64| pb::Metric {
+            name: SKIPPED_STEPS_METRIC.into(),
+            value: n,
+        };
+        records[0].metrics = vec![metric(1.0)];
+        records[1].metrics = vec![metric(2.0)];
+        let o = outcome(&runs, &records, &ledger);
+        for c in &o.checks {
+            assert!(c.ok, "{c:?}");
+        }
+        assert_eq!((o.steps, o.skipped_steps), (18, 2));
+        assert_eq!(o.checks[0].detail, "18 steps played, 2 skipped");
+        assert_eq!(o.clients[1].steps, 9, "step 7 is not counted as played");
+        let expected: f64 = (1..=20u64)
+            .filter(|t| ![7, 12].contains(t))
+            .map(|t| 1.0 / (t as f64).sqrt())
+            .sum();
+        assert!((o.cumulative_regret - expected).abs() < 1e-9);
+        assert!(o.curve.iter().all(|p| p.0 != 7 && p.0 != 12));
+        records[1].metrics = vec![metric(1.0)];
+        let o = outcome(&runs, &records, &ledger);
+        assert!(!o.checks[0].ok);
+        assert_eq!(
+            o.checks[0].detail,
+            "round 2: the server counts 1 skipped steps up to step 15, the traces 2"
         );
     }
 

@@ -10,6 +10,9 @@
 //! the other reports fixed, under both payment rules. The state then advances with the
 //! server's recorded participants, so the replay follows the run even where it disagrees.
 //!
+//! A step the server skipped but its client played late (its trace marks it skipped) is
+//! replayed like any other: the client's agent kept the observation. It opens no round.
+//!
 //! The per-round check is what Truth-FedBan guarantees (ALGORITHMS.md 7): with the round's
 //! state fixed, no misreport beats the truth. A whole-run misreport also changes later
 //! states, which no per-round argument covers; the sweep ([`super::sweep`]) measures that.
@@ -55,7 +58,8 @@ pub struct PerRoundCheck {
 /// What the replay found.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Replay {
-    /// Steps replayed with the trace's reward and trigger.
+    /// Steps replayed with the trace's reward and trigger (skipped steps a client played
+    /// late included).
     pub steps: usize,
     /// The first disagreement with the trace, if the replay stopped early.
     pub divergence: Option<String>,
@@ -337,6 +341,7 @@ mod tests {
                 reward: f.reward,
                 regret: f.regret,
                 triggered,
+                skipped: false,
             });
             if !triggered {
                 continue;
