@@ -56,12 +56,23 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// The loop runs on its own task so that even a panic is logged and shown as the
 /// federation's error instead of vanishing; aborting this future aborts that task.
 pub(crate) async fn run(fed: Arc<Federation>, shutdown: watch::Receiver<bool>) {
+    let f = fed.clone();
     let task = if fed.vertical().is_some() {
-        tokio::spawn(crate::vertical::driver::drive(fed.clone(), shutdown))
+        tokio::spawn(drive(
+            f,
+            shutdown,
+            "vertical driver",
+            crate::vertical::driver::step,
+        ))
     } else if fed.config().bandit.is_some() {
-        tokio::spawn(crate::bandit::driver::drive(fed.clone(), shutdown))
+        tokio::spawn(drive(
+            f,
+            shutdown,
+            "bandit driver",
+            crate::bandit::driver::step,
+        ))
     } else {
-        tokio::spawn(drive(fed.clone(), shutdown))
+        tokio::spawn(drive(f, shutdown, "round loop", step))
     };
     let mut inner = AbortOnDrop(task);
     if let Err(e) = (&mut inner.0).await
@@ -150,10 +161,20 @@ impl Retry {
     }
 }
 
-/// Runs a horizontal federation's rounds, retrying failed steps with [`Retry`].
-async fn drive(fed: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
+/// Runs one kind of federation's `step` (a horizontal round, a vertical pass, a bandit
+/// step) until it exits or `shutdown` turns true, retrying failed steps with [`Retry`].
+async fn drive(
+    fed: Arc<Federation>,
+    mut shutdown: watch::Receiver<bool>,
+    name: &'static str,
+    mut step: impl AsyncFnMut(
+        &Arc<Federation>,
+        &mut watch::Receiver<u64>,
+        &mut watch::Receiver<bool>,
+    ) -> ServiceResult<Step>,
+) {
     let mut changes = fed.subscribe_changes();
-    let mut retry = Retry::new("round loop");
+    let mut retry = Retry::new(name);
     while !*shutdown.borrow() {
         let outcome = step(&fed, &mut changes, &mut shutdown).await;
         if let Step::Exit = retry.settle(&fed, outcome, &mut shutdown).await {

@@ -25,21 +25,8 @@ use super::{
 };
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Event, FedState, Federation, now_ms};
-use crate::round_loop::{Retry, Step, ended_event};
+use crate::round_loop::{Step, ended_event};
 use crate::store::{BanditStepRecord, FederationStatus, RoundRecord, StoreError};
-
-/// Runs `fed`'s bandit protocol until it finishes, is stopped, or `shutdown` turns true,
-/// retrying failed steps with [`Retry`].
-pub(crate) async fn drive(fed: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
-    let mut changes = fed.subscribe_changes();
-    let mut retry = Retry::new("bandit driver");
-    while !*shutdown.borrow() {
-        let outcome = step(&fed, &mut changes, &mut shutdown).await;
-        if let Step::Exit = retry.settle(&fed, outcome, &mut shutdown).await {
-            return;
-        }
-    }
-}
 
 /// What the federation needs now.
 enum Plan {
@@ -54,7 +41,9 @@ enum Plan {
     Commit,
 }
 
-async fn step(
+/// One step of a bandit federation: advance the play, round or sync phase, or wait for the
+/// clients or the phase's deadline (driven by `round_loop::run`).
+pub(crate) async fn step(
     fed: &Arc<Federation>,
     changes: &mut watch::Receiver<u64>,
     shutdown: &mut watch::Receiver<bool>,

@@ -23,21 +23,8 @@ use super::value::{
 use super::{GradientReply, OpenPass};
 use crate::error::{ServiceError, ServiceResult};
 use crate::federation::{Event, Federation, GlobalModel, now_ms};
-use crate::round_loop::{Retry, Step, ended_event};
+use crate::round_loop::{Step, ended_event};
 use crate::store::{FederationStatus, RoundRecord, StoreError};
-
-/// Runs `fed`'s passes until it finishes, is stopped, or `shutdown` turns true,
-/// retrying failed steps with [`Retry`].
-pub(crate) async fn drive(fed: Arc<Federation>, mut shutdown: watch::Receiver<bool>) {
-    let mut changes = fed.subscribe_changes();
-    let mut retry = Retry::new("vertical driver");
-    while !*shutdown.borrow() {
-        let outcome = step(&fed, &mut changes, &mut shutdown).await;
-        if let Step::Exit = retry.settle(&fed, outcome, &mut shutdown).await {
-            return;
-        }
-    }
-}
 
 /// What the federation needs now.
 enum Plan {
@@ -49,7 +36,9 @@ enum Plan {
     Value,
 }
 
-async fn step(
+/// One step of a vertical federation: restore after a restart, then open, close or value
+/// the current pass, or wait for the parties (driven by `round_loop::run`).
+pub(crate) async fn step(
     fed: &Arc<Federation>,
     changes: &mut watch::Receiver<u64>,
     shutdown: &mut watch::Receiver<bool>,

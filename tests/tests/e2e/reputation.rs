@@ -118,6 +118,7 @@ async fn rffl_removes_the_noise_uploader_over_grpc() {
         "removed in round {removed}"
     );
 
+    wait_committed(&mut admin, "rffl", ROUNDS).await;
     let rounds = list_rounds(&mut admin, "rffl").await;
     assert_eq!(rounds.len(), ROUNDS as usize);
     for r in &rounds {

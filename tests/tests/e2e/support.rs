@@ -243,6 +243,26 @@ pub fn metric(r: &pb::RoundRecord, name: &str) -> f64 {
         .map_or(f64::NAN, |m| m.value)
 }
 
+/// Waits until `federation` has committed `rounds` rounds: the last upload is acknowledged
+/// before its round commits, so a test that reads the rounds right after it must wait.
+/// Panics after a generous bound (a hung commit fails the test instead of hanging it).
+pub async fn wait_committed(admin: &mut fedval_sim::runner::Admin, federation: &str, rounds: u64) {
+    for _ in 0..6000 {
+        let info = admin
+            .get_federation(pb::GetFederationRequest {
+                federation_id: federation.into(),
+            })
+            .await
+            .expect("get federation")
+            .into_inner();
+        if info.committed_rounds >= rounds {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("federation {federation} never committed {rounds} rounds");
+}
+
 /// The committed rounds of `federation`.
 pub async fn list_rounds(
     admin: &mut fedval_sim::runner::Admin,
