@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use fedval_core::model::ModelSpec;
 use fedval_core::tensor::{Reassembler, chunk_ranges, sha256_hex, to_le_bytes};
@@ -18,6 +19,21 @@ use ndarray::Array2;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::run::{NodeEvent, RunOptions};
+
+/// Run options for the task-loop tests: two quick retries, millisecond waits, no
+/// heartbeat, and every event pushed onto `events`.
+pub fn run_options(events: &Arc<Mutex<Vec<NodeEvent>>>) -> RunOptions {
+    let sink = Arc::clone(events);
+    RunOptions {
+        max_retries: 2,
+        initial_backoff: Duration::from_millis(1),
+        max_wait: Duration::from_millis(5),
+        heartbeat_interval: None,
+        on_event: Some(Arc::new(move |e| sink.lock().unwrap().push(e))),
+    }
+}
 
 /// Token the fake issues at enrollment.
 pub const TOKEN: &str = "tok-123";
@@ -141,6 +157,36 @@ impl FakeCoordinator {
     }
 }
 
+/// One message of a header-then-chunks upload stream: the header (with the total byte
+/// count it announces) or a chunk.
+enum Part<H> {
+    Header(u64, H),
+    Chunk(v1::TensorChunk),
+}
+
+/// Reads a header-then-chunks stream (`split` names each message's part) and reassembles
+/// the bytes, refusing a stream that does not open with its header or sends a second one.
+async fn reassemble<M, H>(
+    mut stream: Streaming<M>,
+    split: impl Fn(M) -> Option<Part<H>>,
+) -> Result<(H, Vec<u8>), Status> {
+    let bad = |e: String| Status::invalid_argument(e);
+    let Some(Part::Header(total_bytes, header)) = stream.message().await?.and_then(&split) else {
+        return Err(bad("first message must be a header".into()));
+    };
+    let mut buf =
+        Reassembler::new(total_bytes as usize, 1 << 30).map_err(|e| bad(e.to_string()))?;
+    while let Some(msg) = stream.message().await? {
+        let Some(Part::Chunk(c)) = split(msg) else {
+            return Err(bad("expected a chunk".into()));
+        };
+        buf.push(c.offset, &c.data)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let bytes = buf.finish().map_err(|e| bad(e.to_string()))?;
+    Ok((header, bytes))
+}
+
 /// Fails unless the request carries the fake's bearer token.
 fn check_auth<T>(req: &Request<T>) -> Result<(), Status> {
     match req.metadata().get("authorization").map(|v| v.to_str()) {
@@ -200,25 +246,12 @@ impl Coordinator for FakeCoordinator {
     ) -> Result<Response<Self::ExchangeEmbeddingsStream>, Status> {
         use v1::embedding_message::Kind;
         check_auth(&req)?;
-        let mut stream = req.into_inner();
-        let Some(v1::EmbeddingMessage {
-            kind: Some(Kind::Header(header)),
-        }) = stream.message().await?
-        else {
-            return Err(Status::invalid_argument("first message must be a header"));
-        };
-        let mut buf = Reassembler::new(header.total_bytes as usize, 1 << 30)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        while let Some(msg) = stream.message().await? {
-            let Some(Kind::Chunk(c)) = msg.kind else {
-                return Err(Status::invalid_argument("expected a chunk"));
-            };
-            buf.push(c.offset, &c.data)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        }
-        let bytes = buf
-            .finish()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (header, bytes) = reassemble(req.into_inner(), |m| match m.kind {
+            Some(Kind::Header(h)) => Some(Part::Header(h.total_bytes, h)),
+            Some(Kind::Chunk(c)) => Some(Part::Chunk(c)),
+            None => None,
+        })
+        .await?;
         let mut script = self.script();
         script.embeddings.push((header, bytes));
         let (header, values) = match script.exchanges.pop_front() {
@@ -275,26 +308,14 @@ impl Coordinator for FakeCoordinator {
         &self,
         req: Request<Streaming<v1::UploadMessage>>,
     ) -> Result<Response<v1::UploadAck>, Status> {
+        use v1::upload_message::Kind;
         check_auth(&req)?;
-        let mut stream = req.into_inner();
-        let Some(v1::UploadMessage {
-            kind: Some(v1::upload_message::Kind::Header(header)),
-        }) = stream.message().await?
-        else {
-            return Err(Status::invalid_argument("first message must be a header"));
-        };
-        let mut buf = Reassembler::new(header.total_bytes as usize, 1 << 30)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        while let Some(msg) = stream.message().await? {
-            let Some(v1::upload_message::Kind::Chunk(c)) = msg.kind else {
-                return Err(Status::invalid_argument("expected a chunk"));
-            };
-            buf.push(c.offset, &c.data)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        }
-        let bytes = buf
-            .finish()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (header, bytes) = reassemble(req.into_inner(), |m| match m.kind {
+            Some(Kind::Header(h)) => Some(Part::Header(h.total_bytes, h)),
+            Some(Kind::Chunk(c)) => Some(Part::Chunk(c)),
+            None => None,
+        })
+        .await?;
         let mut script = self.script();
         if let Some(Some(status)) = script.upload_replies.pop_front() {
             return Err(status);

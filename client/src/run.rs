@@ -457,17 +457,6 @@ mod tests {
             .unwrap()
     }
 
-    fn opts(events: &Arc<Mutex<Vec<NodeEvent>>>) -> RunOptions {
-        let sink = Arc::clone(events);
-        RunOptions {
-            max_retries: 2,
-            initial_backoff: Duration::from_millis(1),
-            max_wait: Duration::from_millis(5),
-            heartbeat_interval: None,
-            on_event: Some(Arc::new(move |e| sink.lock().unwrap().push(e))),
-        }
-    }
-
     #[tokio::test]
     async fn loop_retries_waits_trains_tolerates_refusals_and_finishes() {
         let model = vec![0.1, -0.2, 0.3, 0.0, 0.05, -0.05];
@@ -506,7 +495,7 @@ mod tests {
         let events = Arc::new(Mutex::new(Vec::new()));
         let trainer = ModelTrainer::new(spec(), data(), 7).unwrap();
 
-        let opts = opts(&events);
+        let opts = fake::run_options(&events);
 
         let summary = run_node(&mut client, trainer, &opts).await.unwrap();
 
@@ -583,7 +572,7 @@ mod tests {
         let mut client = enrolled(&f.url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
         let trainer = ModelTrainer::new(spec(), data(), 7).unwrap();
-        let summary = run_node(&mut client, trainer, &opts(&events))
+        let summary = run_node(&mut client, trainer, &fake::run_options(&events))
             .await
             .unwrap();
         assert_eq!(summary.rounds_trained, 1);
@@ -614,7 +603,7 @@ mod tests {
         let events = Arc::new(Mutex::new(Vec::new()));
         let trainer = ModelTrainer::new(spec(), data(), 7).unwrap();
         // max_retries = 2: three failures in a row give up with the last one.
-        let err = run_node(&mut client, trainer, &opts(&events))
+        let err = run_node(&mut client, trainer, &fake::run_options(&events))
             .await
             .unwrap_err();
         assert!(
@@ -627,7 +616,7 @@ mod tests {
             .tasks
             .push_back(Err(Status::permission_denied("removed")));
         let trainer = ModelTrainer::new(spec(), data(), 7).unwrap();
-        let err = run_node(&mut client, trainer, &opts(&events))
+        let err = run_node(&mut client, trainer, &fake::run_options(&events))
             .await
             .unwrap_err();
         assert!(matches!(err, ClientError::PermissionDenied(_)), "{err:?}");
@@ -659,7 +648,7 @@ mod tests {
         .await;
         let mut client = enrolled(&f.url).await;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let err = run_node(&mut client, Broken, &opts(&events))
+        let err = run_node(&mut client, Broken, &fake::run_options(&events))
             .await
             .unwrap_err();
         let ClientError::Trainer(cause) = &err else {

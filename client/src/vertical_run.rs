@@ -229,17 +229,6 @@ mod tests {
         (f, client)
     }
 
-    fn opts(events: &Arc<Mutex<Vec<NodeEvent>>>) -> RunOptions {
-        let sink = Arc::clone(events);
-        RunOptions {
-            max_retries: 2,
-            initial_backoff: Duration::from_millis(1),
-            max_wait: Duration::from_millis(5),
-            heartbeat_interval: None,
-            on_event: Some(Arc::new(move |e| sink.lock().unwrap().push(e))),
-        }
-    }
-
     fn trainer() -> PartyTrainer {
         PartyTrainer::from_model(start_model(), block()).unwrap()
     }
@@ -273,9 +262,10 @@ mod tests {
         )
         .await;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let (trainer, summary) = run_vertical_node(&mut client, trainer(), &opts(&events))
-            .await
-            .unwrap();
+        let (trainer, summary) =
+            run_vertical_node(&mut client, trainer(), &fake::run_options(&events))
+                .await
+                .unwrap();
 
         // The same steps by hand with the core model.
         let mut m = start_model();
@@ -345,9 +335,10 @@ mod tests {
         )
         .await;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let (trainer, summary) = run_vertical_node(&mut client, trainer(), &opts(&events))
-            .await
-            .unwrap();
+        let (trainer, summary) =
+            run_vertical_node(&mut client, trainer(), &fake::run_options(&events))
+                .await
+                .unwrap();
         let s = f.script();
         assert_eq!(s.embeddings.len(), 2, "the exchange was sent twice");
         assert_eq!(
@@ -371,9 +362,10 @@ mod tests {
         )
         .await;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let (trainer, summary) = run_vertical_node(&mut client, trainer(), &opts(&events))
-            .await
-            .unwrap();
+        let (trainer, summary) =
+            run_vertical_node(&mut client, trainer(), &fake::run_options(&events))
+                .await
+                .unwrap();
         assert_eq!(trainer.model(), &start_model());
         assert_eq!(summary.rounds_trained, 0);
         assert_eq!(f.script().embeddings.len(), 1);
@@ -390,7 +382,7 @@ mod tests {
     async fn failing(task: Result<v1::Task, Status>, reply: ExchangeReply) -> ClientError {
         let (_f, mut client) = start(vec![task, done()], vec![reply]).await;
         let events = Arc::new(Mutex::new(Vec::new()));
-        run_vertical_node(&mut client, trainer(), &opts(&events))
+        run_vertical_node(&mut client, trainer(), &fake::run_options(&events))
             .await
             .unwrap_err()
     }
@@ -470,7 +462,7 @@ mod tests {
     async fn a_trainer_failure_ends_the_loop_with_its_typed_cause() {
         let (f, mut client) = start(vec![embed(1, &[0, 9], false), done()], vec![]).await;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let err = run_vertical_node(&mut client, trainer(), &opts(&events))
+        let err = run_vertical_node(&mut client, trainer(), &fake::run_options(&events))
             .await
             .unwrap_err();
         let ClientError::Trainer(cause) = &err else {

@@ -24,6 +24,7 @@
 pub mod aggregate;
 pub mod data;
 pub mod incentive;
+mod linalg;
 pub mod model;
 pub mod reputation;
 pub mod seed;

@@ -1379,6 +1379,28 @@ mod tests {
         assert_eq!(err.field, "model");
     }
 
+    /// A case of [`assert_each_refused`]: the field named and the edit that breaks it.
+    type Refusal<'a, T> = (&'a str, fn(&mut T));
+
+    /// Asserts that each `(field, edit)` of `cases`, applied to a copy of `base` and made a
+    /// configuration by `config_of`, is refused naming `field`.
+    #[track_caller]
+    fn assert_each_refused<T: Clone + std::fmt::Debug>(
+        base: &T,
+        cases: &[Refusal<'_, T>],
+        config_of: impl Fn(T) -> FederationConfig,
+    ) {
+        for (field, edit) in cases {
+            let mut edited = base.clone();
+            edit(&mut edited);
+            assert_eq!(
+                config_of(edited.clone()).validate().map_err(|e| e.field),
+                Err(field.to_string()),
+                "{edited:?}"
+            );
+        }
+    }
+
     fn write_temp(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("write temp file");
@@ -1562,19 +1584,10 @@ mod tests {
             ("fact.alpha", |f| f.alpha = 1.0),
             ("fact.prize_factor", |f| f.prize_factor = -1.0),
         ];
-        for (name, edit) in bad {
-            let mut f = FactSettings::default();
-            edit(&mut f);
-            let c = FederationConfig {
-                fact: Some(f),
-                ..cfg.clone()
-            };
-            assert_eq!(
-                c.validate().map_err(|e| e.field),
-                Err(name.to_string()),
-                "{f:?}"
-            );
-        }
+        assert_each_refused(&FactSettings::default(), &bad, |f| FederationConfig {
+            fact: Some(f),
+            ..cfg.clone()
+        });
     }
 
     #[test]
@@ -1646,15 +1659,7 @@ mod tests {
             }),
             ("fact", |c| c.fact = Some(FactSettings::default())),
         ];
-        for (field, edit) in bad {
-            let mut c = cfg.clone();
-            edit(&mut c);
-            assert_eq!(
-                c.validate().map_err(|e| e.field),
-                Err(field.to_string()),
-                "{c:?}"
-            );
-        }
+        assert_each_refused(&cfg, &bad, |c| c);
     }
 
     #[test]

@@ -109,14 +109,11 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::PullTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
+        let req = request.get_ref();
         let fed = self
-            .authorized(
-                &request,
-                &request.get_ref().federation_id,
-                &request.get_ref().client_id,
-            )
+            .authorized(&request, &req.federation_id, &req.client_id)
             .await?;
-        let client_id = &request.get_ref().client_id;
+        let client_id = &req.client_id;
         let mut changes = fed.subscribe_changes();
         let mut task = fed.next_task(client_id).await;
         // Long poll: answer as soon as something changes, or after a bounded wait. A
@@ -321,12 +318,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::BanditSubmission>,
     ) -> Result<Response<pb::BanditAck>, Status> {
+        let req = request.get_ref();
         let fed = self
-            .authorized(
-                &request,
-                &request.get_ref().federation_id,
-                &request.get_ref().client_id,
-            )
+            .authorized(&request, &req.federation_id, &req.client_id)
             .await?;
         let Some(settings) = fed.config().bandit else {
             return Err(ServiceError::FailedPrecondition(format!(

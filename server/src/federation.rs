@@ -29,8 +29,8 @@ use crate::auth;
 use crate::config::{FederationConfig, MAX_FAIR_REWARD_CLIENTS};
 use crate::error::{ServiceError, ServiceResult};
 use crate::store::{
-    ClientRecord, FederationRecord, FederationStatus, RoundRecord, Store, UpdateRecord,
-    ValuationStatus,
+    ClientRecord, FederationRecord, FederationStatus, LedgerEntry, RoundRecord, Store,
+    UpdateRecord, ValuationStatus,
 };
 
 /// Longest client name accepted at enrollment.
@@ -176,7 +176,7 @@ pub enum Event {
     /// replay that writes nothing emits nothing).
     LedgerRecorded {
         round: u64,
-        entries: Vec<crate::store::LedgerEntry>,
+        entries: Vec<LedgerEntry>,
     },
     /// The federation finished or was stopped.
     Ended {
@@ -471,6 +471,19 @@ impl Federation {
     pub(crate) fn emit(&self, event: Event) {
         // No watcher is fine.
         let _ = self.events.send(event);
+    }
+
+    /// Announces committed round `record` and, if any, the ledger entries committed in
+    /// the same batch (after the round, so watchers see the round first).
+    pub(crate) fn emit_committed(&self, record: RoundRecord, ledger: Vec<LedgerEntry>) {
+        let round = record.round;
+        self.emit(Event::RoundCommitted(Box::new(record)));
+        if !ledger.is_empty() {
+            self.emit(Event::LedgerRecorded {
+                round,
+                entries: ledger,
+            });
+        }
     }
 
     /// A snapshot of the federation's record and clients.
@@ -1163,6 +1176,21 @@ pub(crate) mod tests {
         });
         drop(st);
         (fed, client)
+    }
+
+    /// Waits (bounded, as a guard against a hang) until `f` holds after a change.
+    pub(crate) async fn until<F: std::future::Future<Output = bool>>(
+        fed: &Federation,
+        mut f: impl FnMut() -> F,
+    ) {
+        let mut changes = fed.subscribe_changes();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !f().await {
+                let _ = changes.changed().await;
+            }
+        })
+        .await
+        .expect("condition reached");
     }
 
     pub(crate) fn claim(round: u64, delta: &[f32]) -> UploadClaim {

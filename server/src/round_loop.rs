@@ -506,13 +506,7 @@ async fn close_and_commit(fed: &Arc<Federation>) -> ServiceResult<()> {
     }
     drop(st);
     tracing::info!(federation = %fed.id(), round = number, "round committed");
-    fed.emit(Event::RoundCommitted(Box::new(record)));
-    if !ledger.is_empty() {
-        fed.emit(Event::LedgerRecorded {
-            round: number,
-            entries: ledger,
-        });
-    }
+    fed.emit_committed(record, ledger);
     fed.notify();
     Ok(())
 }
@@ -597,15 +591,11 @@ fn adopt_committed(
     number: u64,
 ) -> ServiceResult<()> {
     let store = fed.store();
-    let record = store
-        .list_rounds(fed.id())?
-        .into_iter()
-        .find(|r| r.round == number)
-        .ok_or_else(|| {
-            ServiceError::Internal(format!(
-                "committing round {number} conflicts, yet no record of it is stored"
-            ))
-        })?;
+    let record = store.get_round(fed.id(), number)?.ok_or_else(|| {
+        ServiceError::Internal(format!(
+            "committing round {number} conflicts, yet no record of it is stored"
+        ))
+    })?;
     let params = store
         .get_model(fed.id(), record.model_version)?
         .ok_or_else(|| {
@@ -625,11 +615,7 @@ fn adopt_committed(
     let model = GlobalModel::new(record.model_version, params);
     let personal = restore_personal(store, &fed_rec, &st.clients, &model)?;
     // Its ledger entries (FACT) were committed with it and never announced.
-    let ledger: Vec<_> = store
-        .list_ledger(fed.id())?
-        .into_iter()
-        .filter(|e| e.round == number)
-        .collect();
+    let ledger = store.list_round_ledger(fed.id(), number)?;
     store.put_federation(&fed_rec)?;
     st.personal = personal;
     st.model = Arc::new(model);
@@ -640,13 +626,7 @@ fn adopt_committed(
     }
     drop(st);
     tracing::warn!(federation = %fed.id(), round = number, "round was already committed; adopted the stored result");
-    fed.emit(Event::RoundCommitted(Box::new(record)));
-    if !ledger.is_empty() {
-        fed.emit(Event::LedgerRecorded {
-            round: number,
-            entries: ledger,
-        });
-    }
+    fed.emit_committed(record, ledger);
     fed.notify();
     Ok(())
 }
@@ -658,24 +638,9 @@ mod tests {
     use tokio::sync::broadcast;
 
     use super::*;
-    use crate::federation::tests::{Faults, FaultyBackend, claim, config};
+    use crate::federation::tests::{Faults, FaultyBackend, claim, config, until};
     use crate::federation::{Federation, NextTask};
     use crate::store::Store;
-
-    /// Waits (bounded, as a guard against a hang) until `f` holds after a change.
-    async fn until<F: std::future::Future<Output = bool>>(
-        fed: &Federation,
-        mut f: impl FnMut() -> F,
-    ) {
-        let mut changes = fed.subscribe_changes();
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while !f().await {
-                let _ = changes.changed().await;
-            }
-        })
-        .await
-        .expect("condition reached");
-    }
 
     async fn committed_event(events: &mut broadcast::Receiver<Event>) -> RoundRecord {
         loop {

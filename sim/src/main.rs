@@ -288,12 +288,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let opts = SimOptions {
-        config,
-        server: args.server.clone(),
-        admin_token: args.admin_token.clone(),
-        progress: !args.quiet,
-    };
+    let opts = sim_options(&args, config);
     let report = fedval_sim::run(&opts).await.context("simulation failed")?;
     report
         .write(&args.out)
@@ -315,17 +310,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where and how to run `config`, from the command line.
+fn sim_options(args: &Args, config: SimConfig) -> SimOptions {
+    SimOptions {
+        config,
+        server: args.server.clone(),
+        admin_token: args.admin_token.clone(),
+        progress: !args.quiet,
+    }
+}
+
 /// A bandit scenario: runs it (and its sweep), writes the report, prints the tables.
 async fn bandit(args: &Args, config: SimConfig) -> anyhow::Result<()> {
     if args.export_csv.is_some() {
         anyhow::bail!("--export-csv exports client data sets; a bandit scenario has none");
     }
-    let opts = SimOptions {
-        config,
-        server: args.server.clone(),
-        admin_token: args.admin_token.clone(),
-        progress: !args.quiet,
-    };
+    let opts = sim_options(args, config);
     let report = fedval_sim::bandit::run(&opts)
         .await
         .context("bandit simulation failed")?;

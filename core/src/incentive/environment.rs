@@ -25,6 +25,7 @@ use rand_distr::{Distribution, Normal, StandardNormal};
 
 use super::IncentiveError;
 use crate::data::Dataset;
+use crate::linalg::dot;
 use crate::seed::indexed_rng;
 
 /// What playing an arm returned.
@@ -65,10 +66,6 @@ pub fn unit_vector(rng: &mut impl Rng, d: usize) -> Vec<f64> {
             return v.into_iter().map(|x| x / norm).collect();
         }
     }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The stream reserved for the shared `theta*` (clients use streams `0..u64::MAX`).

@@ -49,7 +49,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
-use super::IncentiveError;
+use super::{IncentiveError, check_agent_values};
 
 /// What happens to the `n % 3` agents left over after grouping into threes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,23 +460,12 @@ pub fn settle(
     seed: u64,
 ) -> Result<Settlement, IncentiveError> {
     let n = reported_costs.len();
-    if claimed_m.len() != n {
-        return Err(IncentiveError::AgentCount {
-            what: "claimed contributions",
-            expected: n,
-            got: claimed_m.len(),
-        });
-    }
-    for (agent, &m) in claimed_m.iter().enumerate() {
-        if !(m.is_finite() && m >= 0.0) {
-            return Err(IncentiveError::InvalidAgentValue {
-                agent,
-                what: "claimed contribution",
-                value: m,
-                reason: "must be a finite number >= 0",
-            });
-        }
-    }
+    check_agent_values(
+        "claimed contributions",
+        "claimed contribution",
+        claimed_m,
+        n,
+    )?;
     let terms = penalty_terms(params, reported_costs)?;
     let grouping = group_agents(n, params.remainder, seed)?;
     let improvement: Vec<f64> = terms

@@ -105,3 +105,33 @@ pub enum IncentiveError {
         total: f64,
     },
 }
+
+/// Checks a per-agent argument, the validation both mechanisms share: `values` (called
+/// `what`) has one entry per agent and each entry (a `value_name`) is finite and `>= 0`.
+pub(crate) fn check_agent_values(
+    what: &'static str,
+    value_name: &'static str,
+    values: &[f64],
+    agents: usize,
+) -> Result<(), IncentiveError> {
+    if values.len() != agents {
+        return Err(IncentiveError::AgentCount {
+            what,
+            expected: agents,
+            got: values.len(),
+        });
+    }
+    match values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+    {
+        Some((agent, &value)) => Err(IncentiveError::InvalidAgentValue {
+            agent,
+            what: value_name,
+            value,
+            reason: "must be finite and >= 0",
+        }),
+        None => Ok(()),
+    }
+}

@@ -43,9 +43,11 @@
 use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal, StandardNormal};
+use rand_distr::{Distribution, Normal};
 
-use super::IncentiveError;
+use super::environment::unit_vector;
+use super::{IncentiveError, check_agent_values};
+use crate::linalg::{self, dot};
 
 /// Relative tolerance for comparing log-det values (gains below it count as zero, targets
 /// within it count as met).
@@ -86,33 +88,17 @@ fn check_positive(name: &'static str, value: f64) -> Result<(), IncentiveError> 
     }
 }
 
-/// Lower-triangular Cholesky factor `L` (row-major) of the symmetric matrix `a` (`d x d`,
-/// length checked by the caller).
+/// Cholesky factor `L` of the symmetric matrix `a` (`d x d`, length checked by the caller;
+/// only the lower triangle of the result is the factor).
 fn cholesky(a: &[f64], d: usize, what: &'static str) -> Result<Vec<f64>, IncentiveError> {
-    let mut l = vec![0.0; d * d];
-    for j in 0..d {
-        let mut s = a[j * d + j];
-        for k in 0..j {
-            s -= l[j * d + k] * l[j * d + k];
-        }
-        if !(s.is_finite() && s > 0.0) {
-            return Err(IncentiveError::NotPositiveDefinite {
-                what,
-                pivot: j,
-                value: s,
-            });
-        }
-        let ljj = s.sqrt();
-        l[j * d + j] = ljj;
-        for i in (j + 1)..d {
-            let mut s = a[i * d + j];
-            for k in 0..j {
-                s -= l[i * d + k] * l[j * d + k];
-            }
-            l[i * d + j] = s / ljj;
-        }
-    }
-    Ok(l)
+    let mut l = a.to_vec();
+    linalg::cholesky_in_place(&mut l, d)
+        .map_err(|e| IncentiveError::NotPositiveDefinite {
+            what,
+            pivot: e.pivot,
+            value: e.value,
+        })
+        .map(|()| l)
 }
 
 /// `log det A` from its Cholesky factor.
@@ -125,30 +111,10 @@ fn log_det(a: &[f64], d: usize, what: &'static str) -> Result<f64, IncentiveErro
     Ok(log_det_from_factor(&cholesky(a, d, what)?, d))
 }
 
-/// Solves `L z = x` (forward substitution).
-fn forward(l: &[f64], d: usize, x: &[f64]) -> Vec<f64> {
-    let mut z = vec![0.0; d];
-    for i in 0..d {
-        let mut s = x[i];
-        for k in 0..i {
-            s -= l[i * d + k] * z[k];
-        }
-        z[i] = s / l[i * d + i];
-    }
-    z
-}
-
 /// Solves `A x = b` given `A = L L^T`.
 fn cholesky_solve(l: &[f64], d: usize, b: &[f64]) -> Vec<f64> {
-    let z = forward(l, d, b);
-    let mut x = vec![0.0; d];
-    for i in (0..d).rev() {
-        let mut s = z[i];
-        for k in (i + 1)..d {
-            s -= l[k * d + i] * x[k];
-        }
-        x[i] = s / l[i * d + i];
-    }
+    let mut x = b.to_vec();
+    linalg::cholesky_solve(l, d, &mut x);
     x
 }
 
@@ -176,10 +142,6 @@ fn add_outer(acc: &mut [f64], x: &[f64]) {
             acc[i * d + j] += x[i] * x[j];
         }
     }
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,7 +220,8 @@ impl LinUcbClient {
         let mut best = (0, f64::NEG_INFINITY);
         for (k, x) in arms.iter().enumerate() {
             check_vec("arm", x, self.dim)?;
-            let z = forward(&l, self.dim, x);
+            let mut z = x.to_vec();
+            linalg::forward_substitute(&l, self.dim, &mut z);
             let ucb = dot(x, &theta) + self.alpha * dot(&z, &z).sqrt();
             if ucb > best.1 {
                 best = (k, ucb);
@@ -503,24 +466,7 @@ impl SelectionProblem {
     }
 
     fn check_costs(&self, costs: &[f64]) -> Result<(), IncentiveError> {
-        if costs.len() != self.clients() {
-            return Err(IncentiveError::AgentCount {
-                what: "reported costs",
-                expected: self.clients(),
-                got: costs.len(),
-            });
-        }
-        for (agent, &c) in costs.iter().enumerate() {
-            if !(c.is_finite() && c >= 0.0) {
-                return Err(IncentiveError::InvalidAgentValue {
-                    agent,
-                    what: "reported cost",
-                    value: c,
-                    reason: "must be finite and >= 0",
-                });
-            }
-        }
-        Ok(())
+        check_agent_values("reported costs", "reported cost", costs, self.clients())
     }
 
     /// `dV_j`, or [`IncentiveError::AgentOutOfRange`].
@@ -1039,17 +985,6 @@ impl SimOutcome {
     }
 }
 
-/// A uniformly random unit vector of dimension `d`.
-fn unit_vector(rng: &mut ChaCha8Rng, d: usize) -> Vec<f64> {
-    loop {
-        let v: Vec<f64> = (0..d).map(|_| StandardNormal.sample(rng)).collect();
-        let n = dot(&v, &v).sqrt();
-        if n > 1e-12 {
-            return v.into_iter().map(|x| x / n).collect();
-        }
-    }
-}
-
 /// Runs Truth-FedBan (or the baseline) on a seeded synthetic linear environment.
 pub fn simulate(config: &SimConfig) -> Result<SimOutcome, IncentiveError> {
     config.mechanism.validate()?;
@@ -1079,25 +1014,8 @@ pub fn simulate(config: &SimConfig) -> Result<SimOutcome, IncentiveError> {
             reason: "need 0 <= cost_low <= cost_high, both finite",
         });
     }
-    if !config.report_factors.is_empty() && config.report_factors.len() != n {
-        return Err(IncentiveError::AgentCount {
-            what: "report_factors",
-            expected: n,
-            got: config.report_factors.len(),
-        });
-    }
-    if let Some((agent, &f)) = config
-        .report_factors
-        .iter()
-        .enumerate()
-        .find(|(_, f)| !(f.is_finite() && **f >= 0.0))
-    {
-        return Err(IncentiveError::InvalidAgentValue {
-            agent,
-            what: "report factor",
-            value: f,
-            reason: "must be finite and >= 0",
-        });
+    if !config.report_factors.is_empty() {
+        check_agent_values("report_factors", "report factor", &config.report_factors, n)?;
     }
     check_positive("threshold", config.threshold)?;
     let noise =
@@ -1192,8 +1110,14 @@ pub fn simulate(config: &SimConfig) -> Result<SimOutcome, IncentiveError> {
 mod tests {
     use super::*;
 
-    /// A random round: an aggregate from 20 unit contexts and client updates of 1..=6 contexts.
-    fn instance(seed: u64, clients: usize, dim: usize) -> (SelectionProblem, Vec<f64>) {
+    /// A random round: an aggregate from 20 unit contexts, `clients` updates of
+    /// `contexts(rng)` unit contexts each and costs uniform in `[0.5, 1.5]`.
+    fn random_round(
+        seed: u64,
+        clients: usize,
+        dim: usize,
+        mut contexts: impl FnMut(&mut ChaCha8Rng) -> usize,
+    ) -> (SelectionProblem, Vec<f64>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut v_g = vec![0.0; dim * dim];
         for _ in 0..20 {
@@ -1202,7 +1126,7 @@ mod tests {
         let updates = (0..clients)
             .map(|_| {
                 let mut u = vec![0.0; dim * dim];
-                for _ in 0..rng.random_range(1..=6) {
+                for _ in 0..contexts(&mut rng) {
                     add_outer(&mut u, &unit_vector(&mut rng, dim));
                 }
                 u
@@ -1211,6 +1135,11 @@ mod tests {
         let costs = (0..clients).map(|_| rng.random_range(0.5..=1.5)).collect();
         let problem = SelectionProblem::new(dim, 1.0, &v_g, updates).unwrap();
         (problem, costs)
+    }
+
+    /// A random round whose client updates hold 1..=6 contexts.
+    fn instance(seed: u64, clients: usize, dim: usize) -> (SelectionProblem, Vec<f64>) {
+        random_round(seed, clients, dim, |rng| rng.random_range(1..=6))
     }
 
     const BETA: f64 = 0.6;
@@ -1227,26 +1156,11 @@ mod tests {
     /// contexts each over an aggregate of 20, `beta = 1` (every client with a positive gain is
     /// selected and essential, so every critical-value rerun runs to exhaustion).
     fn worst_case(clients: usize, dim: usize) -> (SelectionProblem, Vec<f64>, MechanismConfig) {
-        let mut rng = ChaCha8Rng::seed_from_u64(5);
-        let mut v_g = vec![0.0; dim * dim];
-        for _ in 0..20 {
-            add_outer(&mut v_g, &unit_vector(&mut rng, dim));
-        }
-        let updates = (0..clients)
-            .map(|_| {
-                let mut u = vec![0.0; dim * dim];
-                for _ in 0..3 {
-                    add_outer(&mut u, &unit_vector(&mut rng, dim));
-                }
-                u
-            })
-            .collect();
-        let costs = (0..clients).map(|_| rng.random_range(0.5..=1.5)).collect();
+        let (problem, costs) = random_round(5, clients, dim, |_| 3);
         let config = MechanismConfig {
             beta: 1.0,
             ..config()
         };
-        let problem = SelectionProblem::new(dim, 1.0, &v_g, updates).unwrap();
         (problem, costs, config)
     }
 

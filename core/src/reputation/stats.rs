@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ReputationError;
+use crate::linalg;
 
 /// Relative ridge added to the covariance diagonal.
 const RIDGE: f64 = 1e-10;
@@ -118,40 +119,16 @@ pub fn hotelling_one_sample(
     })
 }
 
-/// `v^T A^-1 v` for a symmetric positive definite `A` (row-major `p x p`) by Cholesky;
-/// infinite if `A` is not numerically positive definite.
+/// `v^T A^-1 v` for a symmetric positive definite `A` (row-major `p x p`, `v` of length
+/// `p`) by Cholesky: `|L^-1 v|^2`; infinite if `A` is not numerically positive definite.
 fn quadratic_form_inverse(a: &[f64], v: &[f64], p: usize) -> f64 {
-    let at = |l: &[f64], i: usize, j: usize| l.get(i * p + j).copied().unwrap_or(0.0);
-    let mut l = vec![0.0; p * p];
-    for i in 0..p {
-        for j in 0..=i {
-            let s: f64 = (0..j).map(|k| at(&l, i, k) * at(&l, j, k)).sum();
-            let value = if i == j {
-                let d = at(a, i, i) - s;
-                if d <= 0.0 {
-                    return f64::INFINITY;
-                }
-                d.sqrt()
-            } else {
-                (at(a, i, j) - s) / at(&l, j, j)
-            };
-            if let Some(x) = l.get_mut(i * p + j) {
-                *x = value;
-            }
-        }
+    let mut l = a.to_vec();
+    if linalg::cholesky_in_place(&mut l, p).is_err() {
+        return f64::INFINITY;
     }
-    // Solve L y = v; then v^T A^-1 v = |y|^2.
-    let mut y = vec![0.0; p];
-    for i in 0..p {
-        let s: f64 = (0..i)
-            .map(|k| at(&l, i, k) * y.get(k).copied().unwrap_or(0.0))
-            .sum();
-        let vi = v.get(i).copied().unwrap_or(0.0);
-        if let Some(yi) = y.get_mut(i) {
-            *yi = (vi - s) / at(&l, i, i);
-        }
-    }
-    y.iter().map(|x| x * x).sum()
+    let mut y = v.to_vec();
+    linalg::forward_substitute(&l, p, &mut y);
+    linalg::dot(&y, &y)
 }
 
 /// Natural log of the gamma function for `x > 0` (Lanczos, g = 7, 9 terms; relative

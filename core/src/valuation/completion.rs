@@ -24,6 +24,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use crate::linalg;
+
 /// Parameters of [`complete`]; check them with [`validate`](Self::validate) (the
 /// completion functions do).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -462,7 +464,7 @@ impl Als {
     fn balance(&mut self) {
         let r = self.rhs.len();
         let mut l: Vec<f64> = self.x.t().dot(&self.x).iter().copied().collect();
-        if !cholesky_in_place(&mut l, r) {
+        if linalg::cholesky_in_place(&mut l, r).is_err() {
             return;
         }
         let l = Array2::from_shape_fn((r, r), |(i, j)| if j <= i { l[i * r + j] } else { 0.0 });
@@ -543,53 +545,14 @@ fn orthonormalise(q: &mut Array2<f64>) {
     }
 }
 
-/// Overwrites the lower triangle of the row-major `r x r` matrix `a` (symmetric; only the
-/// lower triangle is read) with its Cholesky factor `L` (`A = L L^T`). False if `A` is
-/// not numerically positive definite.
-fn cholesky_in_place(a: &mut [f64], r: usize) -> bool {
-    for j in 0..r {
-        let mut d = a[j * r + j];
-        for k in 0..j {
-            d -= a[j * r + k] * a[j * r + k];
-        }
-        if !(d > 0.0 && d.is_finite()) {
-            return false;
-        }
-        let d = d.sqrt();
-        a[j * r + j] = d;
-        for i in j + 1..r {
-            let mut s = a[i * r + j];
-            for k in 0..j {
-                s -= a[i * r + k] * a[j * r + k];
-            }
-            a[i * r + j] = s / d;
-        }
-    }
-    true
-}
-
 /// Solves `A z = b` for a symmetric positive definite `r x r` matrix `A` (only the lower
 /// triangle of row-major `a` is read; it is overwritten by its Cholesky factor) and
 /// writes `z` into `b`. False if `A` is not numerically positive definite.
 fn cholesky_solve(a: &mut [f64], b: &mut [f64], r: usize) -> bool {
-    if !cholesky_in_place(a, r) {
+    if linalg::cholesky_in_place(a, r).is_err() {
         return false;
     }
-    // Forward substitution L w = b, then back substitution L^T z = w.
-    for i in 0..r {
-        let mut s = b[i];
-        for k in 0..i {
-            s -= a[i * r + k] * b[k];
-        }
-        b[i] = s / a[i * r + i];
-    }
-    for i in (0..r).rev() {
-        let mut s = b[i];
-        for k in i + 1..r {
-            s -= a[k * r + i] * b[k];
-        }
-        b[i] = s / a[i * r + i];
-    }
+    linalg::cholesky_solve(a, r, b);
     true
 }
 

@@ -21,7 +21,7 @@ pub use party::{PartyModel, PartyModelSpec};
 pub use split::{ColumnSplit, project};
 pub use train::{
     AsyncConfig, AsyncRun, ModelKind, Snapshot, SyncRound, SyncRun, VerticalConfig,
-    VerticalMetrics, combine, evaluate, full_embeddings, train_async, train_sync,
+    VerticalMetrics, combine, evaluate, full_embeddings, score, train_async, train_sync,
 };
 
 /// Errors of the vertical module: invalid labels, targets, shapes, column splits, model

@@ -397,14 +397,25 @@ pub fn evaluate(
 ) -> Result<VerticalMetrics, VerticalError> {
     let z = combine(&full_embeddings(models, parties)?, bias)?;
     let rows: Vec<usize> = (0..objective.num_samples()).collect();
-    let loss = objective.mean_loss(z.view(), &rows)?;
+    score(objective, z.view(), &rows)
+}
+
+/// Mean loss and (classification only) accuracy of combined outputs `z` whose row `k` is
+/// sample `rows[k]`: the one scoring of [`evaluate`] and of the server's evaluation pass.
+/// Fails like [`Objective::mean_loss`] (no rows, shapes, ids out of range).
+pub fn score(
+    objective: &Objective,
+    z: ArrayView2<f32>,
+    rows: &[usize],
+) -> Result<VerticalMetrics, VerticalError> {
+    let loss = objective.mean_loss(z, rows)?;
     let accuracy = match objective {
         Objective::Classification { labels, .. } => {
             let correct = z
                 .rows()
                 .into_iter()
-                .zip(labels)
-                .filter(|(row, label)| argmax(row.view()) == **label as usize)
+                .zip(rows)
+                .filter(|(row, i)| labels.get(**i).is_some_and(|&l| argmax(*row) == l as usize))
                 .count();
             Some(correct as f64 / rows.len() as f64)
         }

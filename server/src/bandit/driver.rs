@@ -514,13 +514,7 @@ async fn commit(fed: &Arc<Federation>, settings: &BanditSettings) -> ServiceResu
     st.record = fed_rec;
     drop(st);
     tracing::info!(federation = %fed.id(), round, participants = ?record.participants, payments = ledger.len(), "communication round committed");
-    fed.emit(Event::RoundCommitted(Box::new(record)));
-    if !ledger.is_empty() {
-        fed.emit(Event::LedgerRecorded {
-            round,
-            entries: ledger,
-        });
-    }
+    fed.emit_committed(record, ledger);
     fed.notify();
     Ok(())
 }
@@ -544,11 +538,7 @@ fn stored_conclusion(
         .get_bandit_aggregate(id)?
         .and_then(|v| Aggregate::from_stored(settings.dim as usize, v))
         .ok_or_else(|| missing("aggregate"))?;
-    let ledger = store
-        .list_ledger(id)?
-        .into_iter()
-        .filter(|e| e.round == round)
-        .collect();
+    let ledger = store.list_round_ledger(id, round)?;
     Ok(Conclusion {
         record,
         aggregate,

@@ -589,7 +589,7 @@ mod tests {
 
         use tokio::sync::{broadcast, watch};
 
-        use crate::federation::tests::claim;
+        use crate::federation::tests::{claim, until};
         use crate::federation::{Event, Federation, NextTask};
         use crate::store::kv::{Batch, Entries, KvBackend};
         use crate::store::redb_backend::{FILE_NAME, RedbBackend};
@@ -631,20 +631,6 @@ mod tests {
                 }
                 self.inner.commit(batch)
             }
-        }
-
-        async fn until<F: std::future::Future<Output = bool>>(
-            fed: &Federation,
-            mut f: impl FnMut() -> F,
-        ) {
-            let mut changes = fed.subscribe_changes();
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while !f().await {
-                    let _ = changes.changed().await;
-                }
-            })
-            .await
-            .expect("condition reached");
         }
 
         /// The next round commit and the ledger events until it, in order.

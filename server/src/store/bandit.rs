@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::kv::{self, Batch};
 use super::records::float_repr;
 use super::{
-    FederationRecord, LedgerEntry, RoundRecord, Store, StoreError, decode, encode, keys, ledger,
-    with_record,
+    FederationRecord, LedgerEntry, RoundRecord, Store, StoreError, decode, keys, ledger,
+    with_new_record, with_record,
 };
 
 /// One step of a bandit run (the step log): played, as the active client submitted it, or
@@ -144,8 +144,8 @@ mod bkeys {
 }
 
 /// Little-endian bytes of `values`.
-fn to_bytes(values: &[f64]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+fn to_bytes<'a>(values: impl IntoIterator<Item = &'a f64>) -> Vec<u8> {
+    values.into_iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// The `f64`s of stored little-endian `bytes` (corrupt unless a multiple of 8 long).
@@ -191,12 +191,9 @@ impl Store {
         federation: &str,
         rec: &BanditStepRecord,
     ) -> Result<(), StoreError> {
-        let key = bkeys::step(federation, rec.step);
-        let value = encode(&key, rec)?;
-        let last = bkeys::last_step(federation);
-        let step = encode(&last, &rec.step)?;
+        let batch = with_new_record(Batch::new(), bkeys::step(federation, rec.step), rec)?;
         self.kv
-            .commit(Batch::new().insert_new(key, value).put(last, step))
+            .commit(with_record(batch, bkeys::last_step(federation), &rec.step)?)
     }
 
     /// Step `step` of the log, if stored.
@@ -236,12 +233,10 @@ impl Store {
         client_id: &str,
         report: &BanditReport,
     ) -> Result<(), StoreError> {
-        let mut values = Vec::with_capacity(report.gram_update.len() + 1);
-        values.push(report.cost);
-        values.extend_from_slice(&report.gram_update);
+        let values = std::iter::once(&report.cost).chain(&report.gram_update);
         self.kv.commit(Batch::new().insert_new(
             bkeys::report(federation, round, client_id),
-            to_bytes(&values),
+            to_bytes(values),
         ))
     }
 
@@ -353,10 +348,7 @@ impl Store {
         ledger: &[LedgerEntry],
         fed: &FederationRecord,
     ) -> Result<(), StoreError> {
-        let key = keys::round(federation, round.round);
-        let value = encode(&key, round)?;
-        let batch = Batch::new()
-            .insert_new(key, value)
+        let batch = with_new_record(Batch::new(), keys::round(federation, round.round), round)?
             .put(bkeys::aggregate(federation), to_bytes(aggregate));
         let batch = ledger::with_ledger(batch, ledger, fed)?;
         self.kv

@@ -342,6 +342,7 @@ pub fn commit_round_with_ledger(s: &Store) {
         "round/f/",
     );
     assert_eq!(s.list_ledger("f").expect("ledger"), sorted);
+    assert_eq!(s.list_round_ledger("f", 1).expect("round 1"), sorted);
     // A stored entry of a round not yet committed makes that round's commit conflict.
     let early = entry("f", 2, "a", LedgerKind::Prize, 1.0);
     assert_eq!(
@@ -349,6 +350,11 @@ pub fn commit_round_with_ledger(s: &Store) {
             .expect("record"),
         1
     );
+    assert_eq!(
+        s.list_round_ledger("f", 2).expect("round 2"),
+        vec![early.clone()]
+    );
+    assert_eq!(s.list_round_ledger("f", 1).expect("round 1"), sorted);
     let r2 = round_record(2, 2, &["a"]);
     assert_conflict(
         s.commit_round("f", &r2, &[3.0], &[], &[early], &after),

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::kv::{self, Batch};
-use super::{FederationRecord, Store, StoreError, decode, encode, keys, with_record};
+use super::{FederationRecord, Store, StoreError, decode, keys, with_new_record, with_record};
 
 /// What a ledger entry records; its amount is added to ([`LedgerKind::Payment`],
 /// [`LedgerKind::Prize`]) or subtracted from ([`LedgerKind::Penalty`]) a client's net.
@@ -199,8 +199,7 @@ pub(super) fn with_ledger(
     fed: &FederationRecord,
 ) -> Result<Batch, StoreError> {
     for (key, entry) in unique_entries(entries, Some(fed))? {
-        let value = encode(&key, entry)?;
-        batch = batch.insert_new(key, value);
+        batch = with_new_record(batch, key, entry)?;
     }
     Ok(batch)
 }
@@ -240,7 +239,7 @@ impl Store {
                         reason: entry.difference(&stored),
                     });
                 }
-                batch = batch.insert_new(key.clone(), encode(key, *entry)?);
+                batch = with_new_record(batch, key.clone(), *entry)?;
                 new += 1;
             }
             if new == 0 {
@@ -260,7 +259,22 @@ impl Store {
 
     /// The ledger of `federation`, ordered by (round, client id, kind).
     pub fn list_ledger(&self, federation: &str) -> Result<Vec<LedgerEntry>, StoreError> {
-        let mut entries: Vec<LedgerEntry> = self.scan_records(&keys::ledger(federation))?;
+        self.scan_ledger(&keys::ledger(federation))
+    }
+
+    /// The entries of `federation`'s round `round`, ordered by (client id, kind): one
+    /// prefix scan of that round, not of the whole ledger.
+    pub fn list_round_ledger(
+        &self,
+        federation: &str,
+        round: u64,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.scan_ledger(&keys::ledger_round(federation, round))
+    }
+
+    /// The entries under `prefix`, ordered by (round, client id, kind).
+    fn scan_ledger(&self, prefix: &[u8]) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut entries: Vec<LedgerEntry> = self.scan_records(prefix)?;
         entries
             .sort_by(|a, b| (a.round, &a.client_id, a.kind).cmp(&(b.round, &b.client_id, b.kind)));
         Ok(entries)

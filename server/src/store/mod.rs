@@ -193,6 +193,9 @@ mod keys {
     pub fn ledger(fed: &str) -> Vec<u8> {
         format!("ledger/{}/", part(fed)).into_bytes()
     }
+    pub fn ledger_round(fed: &str, round: u64) -> Vec<u8> {
+        format!("ledger/{}/{}/", part(fed), num(round)).into_bytes()
+    }
     pub fn ledger_entry(fed: &str, round: u64, client_id: &str, kind: &str) -> Vec<u8> {
         format!(
             "ledger/{}/{}/{}/{}",
@@ -247,9 +250,24 @@ fn decode_tensor(key: &[u8], bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
 }
 
 /// Adds `record`, encoded, to `batch` under `key` (replacing what is stored there).
-fn with_record<T: Serialize>(batch: Batch, key: Vec<u8>, record: &T) -> Result<Batch, StoreError> {
+pub(super) fn with_record<T: Serialize>(
+    batch: Batch,
+    key: Vec<u8>,
+    record: &T,
+) -> Result<Batch, StoreError> {
     let value = encode(&key, record)?;
     Ok(batch.put(key, value))
+}
+
+/// Adds `record`, encoded, to `batch` under `key`, failing the batch with
+/// [`StoreError::Conflict`] if `key` is already stored.
+pub(super) fn with_new_record<T: Serialize>(
+    batch: Batch,
+    key: Vec<u8>,
+    record: &T,
+) -> Result<Batch, StoreError> {
+    let value = encode(&key, record)?;
+    Ok(batch.insert_new(key, value))
 }
 
 /// Adds a committed round to `batch`: its record (the batch fails with
@@ -261,12 +279,12 @@ fn with_round(
     round: &RoundRecord,
     model: &[f32],
 ) -> Result<Batch, StoreError> {
-    let key = keys::round(federation, round.round);
-    let value = encode(&key, round)?;
-    Ok(batch.insert_new(key, value).put(
-        keys::model(federation, round.model_version),
-        fedval_core::tensor::to_le_bytes(model),
-    ))
+    Ok(
+        with_new_record(batch, keys::round(federation, round.round), round)?.put(
+            keys::model(federation, round.model_version),
+            fedval_core::tensor::to_le_bytes(model),
+        ),
+    )
 }
 
 /// The coordinator's durable state; cheap to clone (one shared backend).
@@ -547,9 +565,7 @@ impl Store {
         step: &VerticalStepRecord,
         snapshot: Option<VerticalSnapshot<'_>>,
     ) -> Result<(), StoreError> {
-        let step_key = keys::step(federation, seq);
-        let step_value = encode(&step_key, step)?;
-        let mut batch = Batch::new().insert_new(step_key, step_value);
+        let mut batch = with_new_record(Batch::new(), keys::step(federation, seq), step)?;
         if let Some(snap) = snapshot {
             batch = with_round(batch, federation, snap.round, snap.bias)?.put(
                 keys::snapshot(federation, snap.round.round),

@@ -379,14 +379,9 @@ async fn close_evaluation(fed: &Arc<Federation>, closing: Closing) -> ServiceRes
         metrics.map_err(|e| ServiceError::Internal(format!("evaluating the test ids: {e}")))?;
     let (participants, stragglers) = closing.split();
     let rounds = fed.config().rounds;
-    let mut last = fed
-        .store()
-        .list_rounds(fed.id())?
-        .into_iter()
-        .find(|r| r.round == rounds)
-        .ok_or_else(|| {
-            ServiceError::Internal(format!("federation `{}`: round {rounds} missing", fed.id()))
-        })?;
+    let mut last = fed.store().get_round(fed.id(), rounds)?.ok_or_else(|| {
+        ServiceError::Internal(format!("federation `{}`: round {rounds} missing", fed.id()))
+    })?;
     set_metric(&mut last.metrics, "test_loss", metrics.loss);
     if let Some(accuracy) = metrics.accuracy {
         set_metric(&mut last.metrics, "test_accuracy", accuracy);

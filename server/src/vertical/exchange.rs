@@ -112,9 +112,9 @@ impl Federation {
                     .as_ref()
                     .is_none_or(|p| p.round != claim.round) =>
             {
-                let (m, status) = check_step(&st, rounds, &claim.client_id, claim.round)?;
+                let (_, status) = check_step(&st, rounds, &claim.client_id, claim.round)?;
                 (
-                    spec.step_batch(self.config().seed, m, claim.round).len(),
+                    spec.batch_len(),
                     match status {
                         StepStatus::Next => Admission::Open {
                             expected_bytes: expected,
@@ -148,7 +148,7 @@ impl Federation {
                     && claim.round >= 1
                     && claim.round <= st.record.committed_rounds
                 {
-                    (spec.batch(self.config().seed, claim.round).len(), replay)
+                    (spec.batch_len(), replay)
                 } else if claim.round == evaluation && st.vertical.evaluated.is_some() {
                     (spec.test_ids.len(), replay)
                 } else {

@@ -95,6 +95,12 @@ impl VerticalSpec {
         round::draw_batch(seed, round, &self.train_ids, self.batch_size)
     }
 
+    /// The size of every batch, [`Self::batch`] and [`Self::step_batch`] alike:
+    /// `min(batch_size, train_ids.len())`, known without drawing one.
+    pub fn batch_len(&self) -> usize {
+        self.batch_size.min(self.train_ids.len())
+    }
+
     /// The batch of party `party`'s asynchronous step `step` (see
     /// [`round::draw_step_batch`]).
     pub fn step_batch(&self, seed: u64, party: usize, step: u64) -> Vec<u32> {

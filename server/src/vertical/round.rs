@@ -10,8 +10,8 @@
 //! identity), and moves the bias by `-lr * mean_i g_i`, exactly as the reference loop
 //! `fedval_core::vertical::train_sync` does.
 
-use fedval_core::vertical::{Objective, VerticalError, combine};
-use ndarray::{Array2, ArrayView1, Axis};
+use fedval_core::vertical::{Objective, VerticalError, VerticalMetrics, combine};
+use ndarray::{Array2, Axis};
 use rand::SeedableRng;
 use rand::seq::index;
 use rand_chacha::ChaCha8Rng;
@@ -120,15 +120,6 @@ pub fn close_batch(
     })
 }
 
-/// Loss and (classification) accuracy of the held-out samples.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TestMetrics {
-    /// Mean objective loss over the test ids.
-    pub loss: f64,
-    /// Fraction whose arg-max output is the label; `None` for regression.
-    pub accuracy: Option<f64>,
-}
-
 /// Scores the evaluation pass: `z = sum_m h^m + bias` over `ids` (parties that sent
 /// nothing count as zeros) against the objective; fails like [`close_batch`].
 pub fn evaluate_ids(
@@ -136,34 +127,10 @@ pub fn evaluate_ids(
     bias: &[f32],
     ids: &[u32],
     embeddings: &[Option<&[f32]>],
-) -> Result<TestMetrics, VerticalError> {
+) -> Result<VerticalMetrics, VerticalError> {
     let z = combined(bias, ids, embeddings)?;
     let rows: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
-    let loss = objective.mean_loss(z.view(), &rows)?;
-    let accuracy = match objective {
-        Objective::Classification { labels, .. } => {
-            let correct = z
-                .rows()
-                .into_iter()
-                .zip(&rows)
-                .filter(|(row, i)| labels.get(**i).is_some_and(|&l| argmax(*row) == l as usize))
-                .count();
-            Some(correct as f64 / rows.len().max(1) as f64)
-        }
-        Objective::Regression { .. } => None,
-    };
-    Ok(TestMetrics { loss, accuracy })
-}
-
-/// Index of the first largest value.
-fn argmax(row: ArrayView1<f32>) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if row.get(best).is_some_and(|b| v > b) {
-            best = i;
-        }
-    }
-    best
+    fedval_core::vertical::score(objective, z.view(), &rows)
 }
 
 #[cfg(test)]

@@ -85,6 +85,24 @@ struct Plan {
     send_and_leave: Option<u64>,
 }
 
+impl Plan {
+    /// Stops after the answer of training round `round`.
+    fn stop_after(round: u64) -> Self {
+        Self {
+            stop_after: Some(round),
+            ..Self::default()
+        }
+    }
+
+    /// Makes round `round`'s embeddings durable, then leaves without the answer.
+    fn send_and_leave(round: u64) -> Self {
+        Self {
+            send_and_leave: Some(round),
+            ..Self::default()
+        }
+    }
+}
+
 /// A party's model and its copies taken just before embedding rounds 1 and `ROUNDS`.
 struct Party {
     model: PartyModel,
@@ -306,17 +324,13 @@ async fn first_life(
 /// Reopens the redb store in `dir` after a first life; the old store closes once its
 /// tasks are gone, so opening is retried.
 async fn reopen(dir: &std::path::Path) -> Arc<Registry> {
-    let mut store = None;
     for _ in 0..100 {
-        match Store::open_redb(dir) {
-            Ok(s) => {
-                store = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        if let Ok(store) = Store::open_redb(dir) {
+            return Registry::open(store).expect("registry");
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Registry::open(store.expect("reopens")).expect("registry")
+    panic!("the redb store did not reopen");
 }
 
 fn metric(r: &RoundRecord, name: &str) -> f64 {
@@ -330,6 +344,21 @@ async fn wait_finished(fed: &Federation) {
     let mut changes = fed.subscribe_changes();
     while fed.snapshot().await.0.status != FederationStatus::Finished {
         let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
+}
+
+/// `batch_len` is the size of every drawn batch, round or step (the exchange checks a
+/// header's rows against it without drawing the batch).
+#[test]
+fn batch_len_is_the_size_of_every_drawn_batch() {
+    for (samples, expected) in [(200u32, 64), (50, 40)] {
+        let cfg = config("len", (0..samples).map(|i| i % 10).collect());
+        let spec = VerticalSpec::new(cfg.vertical.as_ref().expect("vertical")).expect("spec");
+        assert_eq!(spec.batch_len(), expected);
+        for t in 1..=5 {
+            assert_eq!(spec.batch(cfg.seed, t).len(), expected);
+            assert_eq!(spec.step_batch(cfg.seed, 2, t).len(), expected);
+        }
     }
 }
 
@@ -434,18 +463,9 @@ async fn a_restart_resumes_the_open_round_with_its_stored_embeddings() {
     let (ids, parties, before) = {
         // Everyone does rounds 1-3; party 0 also sends round 4 and hangs up.
         let plans = [
-            Plan {
-                send_and_leave: Some(4),
-                ..Plan::default()
-            },
-            Plan {
-                stop_after: Some(3),
-                ..Plan::default()
-            },
-            Plan {
-                stop_after: Some(3),
-                ..Plan::default()
-            },
+            Plan::send_and_leave(4),
+            Plan::stop_after(3),
+            Plan::stop_after(3),
         ];
         let (registry, fed, ids, parties) = first_life(dir.path(), &cfg, &xs, &plans).await;
         let before = fed.store().list_rounds("restart").expect("rounds");
@@ -559,18 +579,9 @@ async fn an_async_run_survives_a_restart_without_losing_an_acknowledged_step() {
         // 10 + 10 + 8 = 28 durable steps: snapshot 1 (step 15) and 13 logged after it;
         // party 2's step 8 is durable but its answer is lost.
         let plans = [
-            Plan {
-                stop_after: Some(10),
-                ..Plan::default()
-            },
-            Plan {
-                stop_after: Some(10),
-                ..Plan::default()
-            },
-            Plan {
-                send_and_leave: Some(8),
-                ..Plan::default()
-            },
+            Plan::stop_after(10),
+            Plan::stop_after(10),
+            Plan::send_and_leave(8),
         ];
         let (registry, fed, ids, parties) = first_life(dir.path(), &cfg, &xs, &plans).await;
         let table = table_of(&fed).await;

@@ -225,13 +225,7 @@ async fn fact_penalises_everyone_rewards_winners_and_records_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_misreport_scenario_accounts_for_every_client() {
     let config = fedval_sim::scenario::shipped("fact_misreport").expect("shipped");
-    let opts = fedval_sim::SimOptions {
-        config,
-        server: None,
-        admin_token: "sim-test".into(),
-        progress: false,
-    };
-    let report = fedval_sim::run(&opts).await.expect("runs");
+    let report = simulate(config).await;
     let fact = report.fact.as_ref().expect("a FACT run reports FACT");
     assert_eq!((fact.settled_rounds, fact.skipped_rounds), (20, 0));
     let by = |label: &str| {

@@ -2,17 +2,13 @@
 //! one with shuffled labels and one with tiny data), a late joiner, the attack table and
 //! the vertical digits scenario.
 
-use fedval_sim::{Adversaries, SimConfig, SimOptions};
+use fedval_sim::{Adversaries, SimConfig};
+
+use super::support::{simulate, written_report};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_scenario_ranks_the_noisy_client_last() {
-    let opts = SimOptions {
-        config: SimConfig::default(),
-        server: None,
-        admin_token: "sim-test".into(),
-        progress: false,
-    };
-    let report = fedval_sim::run(&opts).await.expect("simulation runs");
+    let report = simulate(SimConfig::default()).await;
     assert_eq!(report.rounds.len(), 20);
     assert_eq!(report.clients.len(), 10);
     assert!(
@@ -32,12 +28,7 @@ async fn default_scenario_ranks_the_noisy_client_last() {
         let sum: f64 = r.values.values().sum();
         assert!((sum - (r.utility_full - r.utility_empty)).abs() < 1e-9);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    report.write(dir.path()).expect("report written");
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("report.json")).expect("read"),
-    )
-    .expect("json");
+    let (dir, json) = written_report(&report);
     let clients = json["clients"].as_array().expect("clients array");
     assert_eq!(clients.len(), 10);
     for c in clients {
@@ -64,13 +55,7 @@ async fn late_joiner_enrolls_after_round_k() {
         },
         ..SimConfig::default()
     };
-    let opts = SimOptions {
-        config,
-        server: None,
-        admin_token: "sim-test".into(),
-        progress: false,
-    };
-    let report = fedval_sim::run(&opts).await.expect("simulation runs");
+    let report = simulate(config).await;
     let participants: Vec<usize> = report.rounds.iter().map(|r| r.participants).collect();
     assert_eq!(participants.len(), 6);
     assert_eq!(
@@ -154,13 +139,7 @@ async fn attack_table_shows_rffl_removing_sign_flippers() {
 async fn vertical_digits_values_the_noise_party_last() {
     let mut config = fedval_sim::scenario::shipped("vertical_digits").expect("shipped");
     config.rounds = 60;
-    let opts = SimOptions {
-        config,
-        server: None,
-        admin_token: "sim-test".into(),
-        progress: false,
-    };
-    let report = fedval_sim::run(&opts).await.expect("simulation runs");
+    let report = simulate(config).await;
     assert_eq!(report.rounds.len(), 60);
     assert_eq!(report.clients.len(), 5);
     let lowest = report
@@ -218,12 +197,7 @@ async fn vertical_digits_values_the_noise_party_last() {
         v.test_accuracy,
         v.centralised_test_accuracy
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    report.write(dir.path()).expect("report written");
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("report.json")).expect("read"),
-    )
-    .expect("json");
+    let (_dir, json) = written_report(&report);
     assert!(json["vertical"]["centralised_test_accuracy"].is_number());
     assert_eq!(json["clients"].as_array().map(Vec::len), Some(5));
 }
@@ -241,13 +215,7 @@ async fn vertical_digits_async_values_the_fast_twin_above_the_slow_one() {
         v.snapshot_every = 20;
         v.slow_delay_ms = 200;
     }
-    let opts = SimOptions {
-        config,
-        server: None,
-        admin_token: "sim-test".into(),
-        progress: false,
-    };
-    let report = fedval_sim::run(&opts).await.expect("simulation runs");
+    let report = simulate(config).await;
     assert_eq!(report.rounds.len(), 10);
     assert_eq!(report.clients.len(), 5);
     let fast = &report.clients[0];

@@ -107,6 +107,29 @@ pub fn model_federation(
     }
 }
 
+/// Runs scenario `config` in-process (an embedded server, no progress bar).
+pub async fn simulate(config: SimConfig) -> fedval_sim::Report {
+    let opts = fedval_sim::SimOptions {
+        config,
+        server: None,
+        admin_token: "sim-test".into(),
+        progress: false,
+    };
+    fedval_sim::run(&opts).await.expect("simulation runs")
+}
+
+/// Writes `report` to a fresh directory; returns the directory (kept alive for the other
+/// files) and the parsed `report.json`.
+pub fn written_report(report: &fedval_sim::Report) -> (tempfile::TempDir, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    report.write(dir.path()).expect("report written");
+    let json = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report.json")).expect("read"),
+    )
+    .expect("json");
+    (dir, json)
+}
+
 /// `clients` IID shards of digits (no adversaries), plus validation and test sets.
 pub fn digits(clients: usize, seed: u64) -> (SimConfig, Prepared) {
     let config = SimConfig {
